@@ -1,0 +1,89 @@
+"""EvaluationSpec: what a job asks for. Frozen, validated, hashable, stored with every job.
+
+ML parameters live here and nowhere else (never in environment variables). Each stage has
+its own sub-spec; later stages add theirs. Unknown fields are refused so that a typo in a
+request is a 422 that names the field, not a silently ignored parameter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SchedulerName = Literal["ddpm", "ddim", "pndm", "dpmsolver++", "unipc", "deis", "euler", "euler-ancestral", "heun"]
+
+# Stages in the order they run, each with the stages it needs. Later issues add theirs here.
+STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
+    "sample": (),
+    "features": ("sample",),
+}
+STAGE_ORDER: tuple[str, ...] = tuple(STAGE_REQUIRES)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SampleSpec(_Frozen):
+    """The `sample` stage: N samples from the checkpoint with one scheduler."""
+
+    n: int = Field(256, ge=1, le=1_000_000, description="number of samples to draw")
+    scheduler: SchedulerName = Field("ddim", description="diffusers scheduler used by the sampling loop")
+    steps: int = Field(50, ge=1, le=1000, description="number of denoising steps")
+    seed: int = Field(0, ge=0, description="sample i uses the noise of seed + i, whatever the batch size")
+    batch_size: int = Field(64, ge=1, le=4096)
+    class_label: int | None = Field(
+        None, ge=0, description="class-conditional checkpoints: one class, or None to cycle through all classes"
+    )
+
+
+class FeaturesSpec(_Frozen):
+    """The `features` stage: embeddings of generated samples and (cached) training images."""
+
+    extractor: str = Field("random-cnn", description="extractor registry name, e.g. random-cnn, pixels, squeezenet1_1")
+    weights: str | None = Field(None, description="local weights file on the worker; none = seeded random initialisation")
+    seed: int = Field(0, ge=0, description="seed of the random initialisation when no weights are given")
+    batch_size: int = Field(256, ge=1, le=4096)
+
+
+class EvaluationSpec(_Frozen):
+    version: Literal[1] = 1
+    stages: tuple[str, ...] = Field(("sample", "features"), description="stages to run; prerequisites are added")
+    sample: SampleSpec = SampleSpec()
+    features: FeaturesSpec = FeaturesSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _close_stages(cls, data: object) -> object:
+        """Add prerequisites of the requested stages and put them in running order."""
+        if isinstance(data, dict) and "stages" in data:
+            requested = data["stages"]
+            if isinstance(requested, str) or not isinstance(requested, (list, tuple)):
+                raise ValueError("stages must be a list of stage names")
+            unknown = [s for s in requested if s not in STAGE_REQUIRES]
+            if unknown:
+                raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGE_ORDER)}")
+            if not requested:
+                raise ValueError(f"stages must name at least one of {list(STAGE_ORDER)}")
+            data = {**data, "stages": close_stages(requested)}
+        return data
+
+    def spec_hash(self) -> str:
+        """Content hash of the normalised spec (same request -> same hash)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def close_stages(requested: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The requested stages with all their prerequisites, in STAGE_ORDER."""
+    needed: set[str] = set()
+    todo = list(requested)
+    while todo:
+        stage = todo.pop()
+        if stage not in needed:
+            needed.add(stage)
+            todo.extend(STAGE_REQUIRES[stage])
+    return tuple(s for s in STAGE_ORDER if s in needed)
