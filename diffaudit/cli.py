@@ -1,0 +1,160 @@
+"""The `diffaudit` command.
+
+Core commands (no server needed) and client commands (talk to a server over HTTP) are defined
+here. Service commands (serve, worker, demo, token, db) belong to the service packages and are
+added through the `diffaudit.commands` entry-point group, so the core never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+DEFAULT_MODEL_DIR = Path("var/models")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from diffaudit.client import Client
+
+    if not args.token:
+        raise SystemExit("no token: pass --token or set DIFFAUDIT_TOKEN (create one with `diffaudit token create`)")
+    return Client(args.server, args.token)
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from diffaudit.demo import ensure_demo_model
+
+    path = ensure_demo_model(args.name, Path(args.cache_dir), progress=True)
+    print(path)
+    return 0
+
+
+def cmd_checkpoint_push(args: argparse.Namespace) -> int:
+    _print_json(_client(args).push_checkpoint(Path(args.path), name=args.name))
+    return 0
+
+
+def cmd_dataset_push(args: argparse.Namespace) -> int:
+    _print_json(_client(args).push_dataset(Path(args.path), name=args.name, heldout_fraction=args.heldout_fraction))
+    return 0
+
+
+def evaluation_spec_body(stages: Sequence[str] | None, spec_file: str | None) -> dict[str, Any]:
+    """The `spec` of a request: a JSON file's content, with --stages overriding its stages."""
+    spec: dict[str, Any] = json.loads(Path(spec_file).read_text()) if spec_file else {}
+    if stages:
+        spec["stages"] = list(stages)
+    return spec
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    client = _client(args)
+    job = client.evaluate(args.checkpoint, args.dataset, evaluation_spec_body(args.stages, args.spec))
+    print(f"evaluation {job['id']} {job['status']}", file=sys.stderr)
+    if not args.wait:
+        _print_json(job)
+        return 0
+    job = client.wait(job["id"])
+    return print_outcome(client, job)
+
+
+def print_outcome(client: Any, job: dict[str, Any]) -> int:
+    """Print a finished job's summary; exit code 0 when it succeeded."""
+    print(f"evaluation {job['id']}: {job['status']}")
+    if job.get("error"):
+        print(f"  {job['error']}")
+    if job["status"] in ("succeeded", "rejected"):
+        _print_json(client.results(job["id"]))
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _print_json(_client(args).status(args.id))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    _print_json(_client(args).results(args.id))
+    return 0
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=os.environ.get("DIFFAUDIT_SERVER", DEFAULT_SERVER))
+    parser.add_argument("--token", default=os.environ.get("DIFFAUDIT_TOKEN"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffaudit", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("demo-model", help="train (or reuse) a built-in demo model and print its folder")
+    p.add_argument("name", choices=["digits", "digits-overfit"])
+    p.add_argument("--cache-dir", default=str(DEFAULT_MODEL_DIR))
+    p.set_defaults(handler=cmd_demo_model)
+
+    checkpoint = commands.add_parser("checkpoint", help="checkpoints on a server").add_subparsers(
+        dest="action", required=True
+    )
+    p = checkpoint.add_parser("push", help="upload a diffusers folder or a zip of one")
+    p.add_argument("path")
+    p.add_argument("--name")
+    _add_client_options(p)
+    p.set_defaults(handler=cmd_checkpoint_push)
+
+    dataset = commands.add_parser("dataset", help="datasets on a server").add_subparsers(dest="action", required=True)
+    p = dataset.add_parser("push", help="upload a zip of images or an .npz")
+    p.add_argument("path")
+    p.add_argument("--name")
+    p.add_argument("--heldout-fraction", type=float, default=0.0)
+    _add_client_options(p)
+    p.set_defaults(handler=cmd_dataset_push)
+
+    p = commands.add_parser("evaluate", help="submit an evaluation job")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--stages", nargs="+")
+    p.add_argument("--spec", help="JSON file with an EvaluationSpec")
+    p.add_argument("--wait", action="store_true", help="follow progress, then print the summary")
+    _add_client_options(p)
+    p.set_defaults(handler=cmd_evaluate)
+
+    for name, handler, text in (("status", cmd_status, "a job's status"), ("results", cmd_results, "a job's results")):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("id")
+        _add_client_options(p)
+        p.set_defaults(handler=handler)
+
+    for entry in entry_points(group="diffaudit.commands"):
+        entry.load()(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except Exception as exc:
+        from diffaudit.client import ApiError
+
+        if isinstance(exc, ApiError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Celery workers: a task loads a job by id, calls diffaudit, records what it returns."""

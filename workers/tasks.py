@@ -1,0 +1,175 @@
+"""Celery tasks: fetch a job by id, call the core, record the result.
+
+A job runs as a chain of stage tasks. `evaluations.run` starts (or resumes) a job by sending
+its first unfinished stage; each `evaluations.stage` task runs one stage on the queue the
+stage belongs to (gpu or cpu), records it, and sends the next one. A stage already stored in
+the artifact store is not computed again, so a redelivered task resumes where the dead one
+stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.db import session_scope
+from app.evaluations import service
+from app.queue import enqueue
+from app.settings import get_settings, make_store
+from diffaudit import pipeline
+from diffaudit.datasets import Dataset
+from diffaudit.device import configure_threads, pick_device
+from diffaudit.spec import EvaluationSpec
+from diffaudit.store import ArtifactStore, ScopedStore
+from workers.celery_app import celery_app
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {"succeeded", "rejected", "failed", "cancelled"}
+# Core errors that describe bad input or a bad request: the job fails with their message, no retry.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, KeyError)
+MAX_RETRIES = 2
+
+
+@celery_app.task(name="evaluations.run", acks_late=True, reject_on_worker_lost=True)
+def run_evaluation(evaluation_id: str) -> None:
+    """Start or resume a job: send its first unfinished stage to that stage's queue."""
+    with session_scope() as session:
+        job = service.load_job(session, evaluation_id)
+        if job.status in TERMINAL:
+            return
+        spec = EvaluationSpec.model_validate(job.spec)
+        done = {s.name for s in job.stages if s.status == "done"}
+    _send_next_stage(evaluation_id, spec, done)
+
+
+@celery_app.task(
+    name="evaluations.stage", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES
+)
+def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
+    """Run one stage of a job, record it, and send the next one (or finish the job)."""
+    with session_scope() as session:
+        job = service.load_job(session, evaluation_id)
+        if job.status in TERMINAL:
+            return
+        if service.is_cancel_requested(session, evaluation_id):
+            service.finish(session, evaluation_id, "cancelled")
+            return
+        spec = EvaluationSpec.model_validate(job.spec)
+        checkpoint_id, dataset_id = job.checkpoint_id, job.dataset_id
+        service.mark_running(session, evaluation_id)
+        service.mark_stage_started(session, evaluation_id, stage)
+
+    settings = get_settings()
+    configure_threads(settings.torch_threads)
+    store = make_store(settings)
+    try:
+        ctx = pipeline.StageContext(
+            spec=spec,
+            checkpoint_dir=materialize_folder(store, f"checkpoints/{checkpoint_id}"),
+            dataset=Dataset.open(store, f"datasets/{dataset_id}"),
+            job=ScopedStore(store, f"evaluations/{evaluation_id}"),
+            cache=ScopedStore(store, "cache"),
+            device=pick_device(settings.device),
+            results=_finished_results(evaluation_id, spec, store),
+            report=_throttled(lambda done, total: _record_progress(evaluation_id, stage, done, total)),
+            is_cancelled=_throttled_check(lambda: _cancel_requested(evaluation_id)),
+        )
+        summary = pipeline.run_stage(stage, ctx)
+    except pipeline.Rejected as rejection:
+        with session_scope() as session:
+            results = {**pipeline.results_document(spec, ctx.results), "rejection": rejection.evidence}
+            service.finish(session, evaluation_id, "rejected", results=results, error=rejection.reason)
+        return
+    except pipeline.Cancelled:
+        with session_scope() as session:
+            service.finish(session, evaluation_id, "cancelled")
+        return
+    except USER_ERRORS as exc:
+        log.info("evaluation %s failed in stage %s: %s", evaluation_id, stage, exc)
+        with session_scope() as session:
+            service.finish(session, evaluation_id, "failed", error=f"stage {stage}: {exc}")
+        return
+    except Exception as exc:
+        if self.request.retries < MAX_RETRIES:
+            log.exception("evaluation %s stage %s crashed; retrying", evaluation_id, stage)
+            raise self.retry(exc=exc, countdown=5) from exc
+        with session_scope() as session:
+            message = f"stage {stage} failed after {MAX_RETRIES + 1} attempts: {type(exc).__name__}: {exc}"
+            service.finish(session, evaluation_id, "failed", error=message)
+        return
+
+    with session_scope() as session:
+        service.record_stage_done(session, evaluation_id, stage, summary)
+        done = {s.name for s in service.load_job(session, evaluation_id).stages if s.status == "done"}
+    if set(spec.stages) <= done:
+        with session_scope() as session:
+            results = pipeline.results_document(spec, ctx.results)
+            service.finish(session, evaluation_id, "succeeded", results=results)
+    else:
+        _send_next_stage(evaluation_id, spec, done)
+
+
+def _send_next_stage(evaluation_id: str, spec: EvaluationSpec, done: set[str]) -> None:
+    stage = next(s for s in spec.stages if s not in done)
+    enqueue("evaluations.stage", evaluation_id, stage, queue=pipeline.get_stage(stage).queue)
+
+
+def _finished_results(evaluation_id: str, spec: EvaluationSpec, store: ArtifactStore) -> dict[str, Any]:
+    return pipeline.finished_results(spec, ScopedStore(store, f"evaluations/{evaluation_id}"))
+
+
+def materialize_folder(store: ArtifactStore, prefix: str) -> Path:
+    """A local folder holding every file under `prefix` (the store's own folder, or a download cache)."""
+    keys = store.list(prefix + "/")
+    if not keys:
+        raise FileNotFoundError(f"nothing stored under {prefix}")
+    for key in keys:
+        last = store.local_path(key)
+    depth = keys[-1][len(prefix) + 1 :].count("/") + 1
+    return last.parents[depth - 1]
+
+
+def _record_progress(evaluation_id: str, stage: str, done: int, total: int) -> None:
+    with session_scope() as session:
+        service.record_progress(session, evaluation_id, stage, done, total)
+
+
+def _cancel_requested(evaluation_id: str) -> bool:
+    with session_scope() as session:
+        return service.is_cancel_requested(session, evaluation_id)
+
+
+PROGRESS_INTERVAL = 0.5  # seconds between two database writes of the same job's progress
+
+
+def _throttled(record: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """Record progress at most every PROGRESS_INTERVAL seconds, and always the last step."""
+    last = 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done >= total or now - last >= PROGRESS_INTERVAL:
+            last = now
+            record(done, total)
+
+    return report
+
+
+def _throttled_check(check: Callable[[], bool]) -> Callable[[], bool]:
+    """Ask the database whether the job was cancelled at most every PROGRESS_INTERVAL seconds."""
+    last = 0.0
+    answer = False
+
+    def is_cancelled() -> bool:
+        nonlocal last, answer
+        now = time.monotonic()
+        if now - last >= PROGRESS_INTERVAL:
+            last, answer = now, check()
+        return answer
+
+    return is_cancelled
