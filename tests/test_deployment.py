@@ -1,0 +1,74 @@
+"""docker-compose.yml and docker/ agree with the code (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.settings import Settings
+from diffaudit.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def diffaudit_commands(command: list[str]) -> list[list[str]]:
+    """The `diffaudit ...` invocations in a compose command (plain, or inside `sh -c`)."""
+    if command[:2] == ["sh", "-c"]:
+        return [shlex.split(part) for part in command[2].split("&&")]
+    return [command]
+
+
+def test_the_services_of_a_deployment() -> None:
+    assert set(SERVICES) == {"postgres", "redis", "api", "worker", "flower"}
+
+
+@pytest.mark.parametrize("service", ["api", "worker", "flower"])
+def test_environment_names_settings_fields(service: str) -> None:
+    env = SERVICES[service]["environment"]
+    fields = {f"DIFFAUDIT_{name.upper()}" for name in Settings.model_fields}
+    names = {name for name in env if name.startswith("DIFFAUDIT_")}
+    assert names, "the service sets no DIFFAUDIT_ variable"
+    assert names <= fields, f"unknown settings: {sorted(names - fields)}"
+    settings = Settings(**{name.removeprefix("DIFFAUDIT_").lower(): value for name, value in env.items()})
+    assert settings.database_url.startswith("postgresql+psycopg://")
+    assert settings.broker_url.startswith("redis://")
+
+
+@pytest.mark.parametrize("service", ["api", "worker"])
+def test_commands_parse_with_the_cli(service: str) -> None:
+    for command in diffaudit_commands(SERVICES[service]["command"]):
+        assert command[0] == "diffaudit"
+        args = build_parser().parse_args(command[1:])
+        assert callable(args.handler)
+
+
+def test_worker_reserves_a_gpu_and_consumes_both_queues() -> None:
+    worker = SERVICES["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    args = build_parser().parse_args(worker["command"][1:])
+    assert set(args.queues.split(",")) == {"gpu", "cpu"}
+    assert args.concurrency == 1
+    assert (ROOT / "docker/worker.Dockerfile").read_text().startswith("# The GPU worker image")
+    assert re.search(r"^FROM nvidia/cuda:", (ROOT / "docker/worker.Dockerfile").read_text(), re.M)
+
+
+def test_flower_watches_the_workers_celery_app() -> None:
+    command = SERVICES["flower"]["command"]
+    app_module = command[command.index("-A") + 1]
+    assert (ROOT / (app_module.replace(".", "/") + ".py")).is_file()
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/api.Dockerfile", "docker/worker.Dockerfile"])
+def test_dockerfiles_copy_what_exists(dockerfile: str) -> None:
+    for line in (ROOT / dockerfile).read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), f"{dockerfile} copies missing {source}"
