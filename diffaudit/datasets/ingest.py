@@ -1,0 +1,429 @@
+"""Turn an uploaded file (zip of images, or .npz of arrays) into a canonical stored dataset.
+
+Everything is validated and written to a temporary folder first, in bounded memory (images are
+decoded one at a time and .npz members are copied in chunks into memory-mapped .npy files);
+only a dataset that passed every check is put in the store, `meta.json` last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import zipfile
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageMode
+
+from diffaudit.archive import ArchiveLimits, InvalidArchive, check_members, open_zip, safe_extract_zip
+from diffaudit.datasets.dataset import (
+    HELDOUT_FILE,
+    LABELS_FILE,
+    META_FILE,
+    DatasetInfo,
+    DatasetKind,
+    InvalidDataset,
+    array_file,
+)
+from diffaudit.datasets.digits import load_digits16
+from diffaudit.store import ArtifactStore, save_json
+
+BUILTIN_DATASETS = ("digits",)
+MAX_HELDOUT_FRACTION = 0.9
+CHUNK_BYTES = 8 << 20  # bytes of array data held in memory at once
+NPZ_ARRAYS = ("images", "features", "labels")
+EXAMPLES = 5  # how many offending files an error message names
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+    max_image_side: int = 1024
+    max_array_bytes: int = 32 * 2**30  # size of the decoded images.npy / features.npy
+
+
+def ingest_dataset(
+    path: Path,
+    store: ArtifactStore,
+    prefix: str,
+    limits: IngestLimits,
+    heldout_fraction: float = 0.0,
+    seed: int = 0,
+) -> DatasetInfo:
+    """Validate `path` (a zip of images or an .npz) and store it as a dataset under `prefix`.
+
+    A zip of images is flat (unlabelled) or holds one folder per class (labelled, class names
+    sorted); one top-level folder wrapping either is unwrapped. An .npz holds `images`
+    (N,H,W) or (N,H,W,C) uint8 with C in {1,3}, or `features` (N,D) float, and optionally
+    `labels` (N,) non-negative integers. Raises InvalidDataset, and writes nothing, on any problem.
+    """
+    _check_heldout_fraction(heldout_fraction)
+    try:
+        zf = open_zip(path)
+    except InvalidArchive as exc:
+        raise InvalidDataset(f"{exc}; a dataset must be a .zip of images or an .npz file") from exc
+    with zf, tempfile.TemporaryDirectory(prefix="diffaudit-ingest-") as tmp:
+        work = Path(tmp)
+        try:
+            if _is_npz(zf):
+                kind, labels, class_names = _read_npz(zf, work, limits)
+            else:
+                zf.close()
+                kind, labels, class_names = _read_image_zip(path, work, limits)
+        except InvalidArchive as exc:
+            raise InvalidDataset(str(exc)) from exc
+        return _store_dataset(store, prefix, work, kind, labels, class_names, heldout_fraction, seed)
+
+
+def write_builtin_dataset(name: str, store: ArtifactStore, prefix: str) -> DatasetInfo:
+    """Store a built-in dataset ("digits": 1,797 16x16 greyscale digits, 20% held out, stratified)."""
+    if name != "digits":
+        raise InvalidDataset(f"unknown built-in dataset {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
+    images, labels = load_digits16()
+    with tempfile.TemporaryDirectory(prefix="diffaudit-builtin-") as tmp:
+        work = Path(tmp)
+        np.save(work / array_file("images"), images)
+        class_names = [str(d) for d in range(10)]
+        return _store_dataset(store, prefix, work, "images", labels, class_names, heldout_fraction=0.2, seed=0)
+
+
+def _check_heldout_fraction(heldout_fraction: float) -> None:
+    if not 0.0 <= heldout_fraction <= MAX_HELDOUT_FRACTION:
+        raise InvalidDataset(f"heldout_fraction must be between 0 and {MAX_HELDOUT_FRACTION}, got {heldout_fraction}")
+
+
+def _is_npz(zf: zipfile.ZipFile) -> bool:
+    names = zf.namelist()
+    return bool(names) and all(name.endswith(".npy") and "/" not in name for name in names)
+
+
+# ---------------------------------------------------------------- zip of images
+
+
+def _read_image_zip(
+    path: Path, work: Path, limits: IngestLimits
+) -> tuple[DatasetKind, np.ndarray | None, list[str] | None]:
+    """Extract, check and decode a zip of images into work/images.npy; returns labels and class names."""
+    root = work / "extracted"
+    files = safe_extract_zip(path, root, limits.archive)
+    relative = [PurePosixPath(f.relative_to(root).as_posix()) for f in files]
+    relative = _unwrap_single_folder(relative)
+    if not relative:
+        raise InvalidDataset("the zip holds no images; add image files (PNG, JPEG, ...)")
+    labels, class_names = _labels_from_folders(relative)
+    height, width, channels = _scan_images(files, relative, limits.max_image_side)
+    _check_array_bytes(len(files) * height * width * channels, limits)
+    out = np.lib.format.open_memmap(
+        work / array_file("images"), mode="w+", dtype=np.uint8, shape=(len(files), height, width, channels)
+    )
+    mode = "L" if channels == 1 else "RGB"
+    undecodable = []
+    for i, (file, name) in enumerate(zip(files, relative, strict=True)):
+        try:
+            with Image.open(file) as img:
+                out[i] = np.asarray(img.convert(mode)).reshape(height, width, channels)
+        except Exception:  # PIL raises many types for a broken file
+            undecodable.append(str(name))
+    _raise_if_undecodable(undecodable)
+    out.flush()
+    del out
+    return "images", labels, class_names
+
+
+def _unwrap_single_folder(paths: list[PurePosixPath]) -> list[PurePosixPath]:
+    """Drop one top-level folder if it wraps everything (the common 'zip of a folder')."""
+    tops = {p.parts[0] for p in paths}
+    if len(tops) == 1 and all(len(p.parts) > 1 for p in paths):
+        return [PurePosixPath(*p.parts[1:]) for p in paths]
+    return paths
+
+
+def _labels_from_folders(paths: list[PurePosixPath]) -> tuple[np.ndarray | None, list[str] | None]:
+    """No folders: unlabelled. One folder level: the folder is the class. Anything else is refused."""
+    depths = {len(p.parts) for p in paths}
+    if depths == {1}:
+        return None, None
+    if depths == {2}:
+        class_names = sorted({p.parts[0] for p in paths})
+        index = {name: i for i, name in enumerate(class_names)}
+        return np.array([index[p.parts[0]] for p in paths], dtype=np.int64), class_names
+    if depths == {1, 2}:
+        loose = next(p for p in paths if len(p.parts) == 1)
+        raise InvalidDataset(
+            f"the zip mixes loose files (e.g. '{loose}') with class folders; "
+            "put every image in a class folder, or use no folders at all"
+        )
+    deep = next(p for p in paths if len(p.parts) > 2)
+    raise InvalidDataset(f"'{deep}' is nested too deep; use one folder per class holding the images directly")
+
+
+def _scan_images(files: list[Path], names: list[PurePosixPath], max_side: int) -> tuple[int, int, int]:
+    """Read every header: the common (H, W) and the channel count (1 if all greyscale, else 3)."""
+    examples: dict[tuple[int, int], list[str]] = defaultdict(list)
+    undecodable = []
+    all_grey = True
+    for file, name in zip(files, names, strict=True):
+        try:
+            with Image.open(file) as img:
+                width, height = img.size
+                all_grey = all_grey and ImageMode.getmode(img.mode).basemode == "L"
+        except Exception:  # PIL raises many types for a broken file
+            undecodable.append(str(name))
+            continue
+        examples[(height, width)].append(str(name))
+    _raise_if_undecodable(undecodable)
+    if len(examples) > 1:
+        found = "; ".join(f"{h}x{w} (e.g. '{same[0]}', {len(same)} files)" for (h, w), same in sorted(examples.items()))
+        raise InvalidDataset(f"the images have different sizes: {found}; resize them all to one size")
+    ((height, width),) = examples
+    if max(height, width) > max_side:
+        raise InvalidDataset(
+            f"the images are {height}x{width}, larger than {max_side} pixels on a side; downscale them"
+        )
+    return height, width, 1 if all_grey else 3
+
+
+def _raise_if_undecodable(names: list[str]) -> None:
+    if names:
+        shown = ", ".join(f"'{n}'" for n in names[:EXAMPLES])
+        raise InvalidDataset(
+            f"{len(names)} file(s) are not readable images (e.g. {shown}); remove or re-save them as PNG or JPEG"
+        )
+
+
+def _check_array_bytes(nbytes: int, limits: IngestLimits) -> None:
+    if nbytes > limits.max_array_bytes:
+        raise InvalidDataset(f"the dataset takes {nbytes:,} bytes, more than the limit of {limits.max_array_bytes:,}")
+
+
+# ---------------------------------------------------------------- .npz
+
+
+def _read_npz(
+    zf: zipfile.ZipFile, work: Path, limits: IngestLimits
+) -> tuple[DatasetKind, np.ndarray | None, list[str] | None]:
+    """Check an .npz and copy its arrays in chunks into work/<kind>.npy; returns labels and class names."""
+    check_members(zf, limits.archive)
+    names = {name.removesuffix(".npy") for name in zf.namelist()}
+    unexpected = sorted(names - set(NPZ_ARRAYS))
+    if unexpected:
+        raise InvalidDataset(
+            f"unexpected arrays in the .npz: {', '.join(unexpected)}; keep only {', '.join(NPZ_ARRAYS)}"
+        )
+    if ("images" in names) == ("features" in names):
+        raise InvalidDataset("the .npz must hold exactly one of 'images' or 'features'")
+    kind: DatasetKind = "images" if "images" in names else "features"
+    shape, dtype = _npy_header(zf, kind)
+    out_shape = _check_images_header(shape, dtype, limits) if kind == "images" else _check_features_header(shape, dtype)
+    _check_array_bytes(int(np.prod(out_shape)) * (1 if kind == "images" else 4), limits)
+    labels, class_names = _read_npz_labels(zf, out_shape[0]) if "labels" in names else (None, None)
+    out = np.lib.format.open_memmap(
+        work / array_file(kind), mode="w+", dtype=np.uint8 if kind == "images" else np.float32, shape=out_shape
+    )
+    start = 0
+    for chunk in _iter_npy_chunks(zf, kind):
+        out[start : start + len(chunk)] = chunk.reshape((len(chunk), *out_shape[1:]))
+        start += len(chunk)
+    if kind == "features":
+        _check_finite(out)
+    out.flush()
+    del out
+    return kind, labels, class_names
+
+
+def _read_npz_labels(zf: zipfile.ZipFile, count: int) -> tuple[np.ndarray, list[str]]:
+    """Labels as dense indices 0..K-1 into the sorted distinct label values, which become the class names."""
+    shape, dtype = _npy_header(zf, "labels")
+    if dtype.kind not in "iu":
+        raise InvalidDataset(f"'labels' must be integers, got {dtype}")
+    if shape != (count,):
+        raise InvalidDataset(f"'labels' must have shape ({count},), one per item, got {shape}")
+    labels = np.concatenate([chunk.astype(np.int64) for chunk in _iter_npy_chunks(zf, "labels")])
+    if labels.min() < 0:
+        raise InvalidDataset(f"labels must be non-negative integers; found {int(labels.min())}")
+    values, dense = np.unique(labels, return_inverse=True)
+    return dense.astype(np.int64), [str(v) for v in values]
+
+
+def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    with _open_member(zf, name) as f:
+        return _read_npy_header(f, name)
+
+
+def _open_member(zf: zipfile.ZipFile, name: str) -> IO[bytes]:
+    try:
+        return zf.open(f"{name}.npy")
+    except (zipfile.BadZipFile, NotImplementedError) as exc:
+        raise InvalidDataset(f"the .npz is truncated or corrupt ({name}); save it again with np.savez") from exc
+
+
+def _read_npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an .npy stream, leaving the stream at the first data byte."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise InvalidDataset(f"'{name}' uses .npy format version {version}; save it with np.savez")
+    except (ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if isinstance(exc, InvalidDataset):
+            raise
+        raise InvalidDataset(f"'{name}' in the .npz is not a readable array; save it again with np.savez") from exc
+    if fortran_order:
+        raise InvalidDataset(f"'{name}' is stored in Fortran order; save np.ascontiguousarray({name}) instead")
+    if dtype.hasobject or dtype.fields is not None:
+        raise InvalidDataset(f"'{name}' has dtype {dtype}; save a plain numeric array")
+    return tuple(int(s) for s in shape), dtype
+
+
+def _iter_npy_chunks(zf: zipfile.ZipFile, name: str) -> Iterator[np.ndarray]:
+    """The rows of an .npy member, a few MB at a time; refuses a member shorter or longer than its header."""
+    with _open_member(zf, name) as f:
+        shape, dtype = _read_npy_header(f, name)
+        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        rows_per_chunk = max(1, CHUNK_BYTES // max(row_bytes, 1))
+        try:
+            for start in range(0, shape[0], rows_per_chunk):
+                rows = min(rows_per_chunk, shape[0] - start)
+                data = f.read(rows * row_bytes)
+                if len(data) != rows * row_bytes:
+                    raise InvalidDataset(f"'{name}' in the .npz is truncated; save it again with np.savez")
+                yield np.frombuffer(data, dtype=dtype).reshape((rows, *shape[1:]))
+            if f.read(1):
+                raise InvalidDataset(f"'{name}' in the .npz holds more data than its header says; save it again")
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise InvalidDataset(f"the .npz is truncated or corrupt ({name}); save it again with np.savez") from exc
+
+
+def _check_images_header(shape: tuple[int, ...], dtype: np.dtype, limits: IngestLimits) -> tuple[int, int, int, int]:
+    if dtype != np.uint8:
+        raise InvalidDataset(f"'images' must be uint8 (0..255), got {dtype}; convert with images.astype(np.uint8)")
+    if len(shape) == 3:
+        shape = (*shape, 1)
+    if len(shape) != 4 or shape[3] not in (1, 3):
+        raise InvalidDataset(f"'images' must have shape (N, H, W) or (N, H, W, C) with C 1 or 3, got {shape}")
+    n, height, width, channels = shape
+    if n == 0 or height == 0 or width == 0:
+        raise InvalidDataset(f"'images' is empty (shape {shape}); add images")
+    if max(height, width) > limits.max_image_side:
+        raise InvalidDataset(
+            f"the images are {height}x{width}, larger than {limits.max_image_side} pixels on a side; downscale them"
+        )
+    return n, height, width, channels
+
+
+def _check_features_header(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
+    if dtype.kind != "f":
+        raise InvalidDataset(f"'features' must be a float array, got {dtype}; convert with features.astype(np.float32)")
+    if len(shape) != 2:
+        raise InvalidDataset(f"'features' must have shape (N, D), got {shape}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise InvalidDataset(f"'features' is empty (shape {shape}); add rows")
+    return shape[0], shape[1]
+
+
+def _check_finite(features: np.ndarray) -> None:
+    """Refuse NaN or infinite features, naming a few bad rows."""
+    rows_per_chunk = max(1, CHUNK_BYTES // (features.shape[1] * 4))
+    bad: list[int] = []
+    bad_count = 0
+    for start in range(0, len(features), rows_per_chunk):
+        rows = np.flatnonzero(~np.isfinite(features[start : start + rows_per_chunk]).all(axis=1)) + start
+        bad_count += len(rows)
+        bad.extend(rows[: EXAMPLES - len(bad)].tolist())
+    if bad_count:
+        shown = ", ".join(str(r) for r in bad)
+        raise InvalidDataset(f"{bad_count} feature row(s) hold NaN or infinity (e.g. rows {shown}); remove or fix them")
+
+
+# ---------------------------------------------------------------- held-out split, hash, store
+
+
+def heldout_mask(labels: np.ndarray | None, count: int, heldout_fraction: float, seed: int) -> np.ndarray:
+    """A seeded random choice of round(heldout_fraction * count) items, stratified by label if labelled.
+
+    Per class the quota heldout_fraction * n_c is floored and the remaining items go to the
+    classes with the largest fractional parts (ties to the lower class index).
+    """
+    total = round(heldout_fraction * count)
+    if count - total < 1:
+        raise InvalidDataset(f"heldout_fraction {heldout_fraction} leaves no training item out of {count}; lower it")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(count, dtype=bool)
+    if labels is None:
+        mask[rng.choice(count, size=total, replace=False)] = True
+        return mask
+    class_sizes = np.bincount(labels)
+    quotas = heldout_fraction * class_sizes
+    per_class = np.floor(quotas).astype(np.int64)
+    by_remainder = np.argsort(-(quotas - per_class), kind="stable")
+    per_class[by_remainder[: total - int(per_class.sum())]] += 1
+    for label, size in enumerate(per_class):
+        members = np.flatnonzero(labels == label)
+        mask[rng.choice(members, size=int(size), replace=False)] = True
+    return mask
+
+
+def content_hash(kind: DatasetKind, array: np.ndarray, labels: np.ndarray | None, class_names: list[str] | None) -> str:
+    """sha256 of the canonical arrays (dtype, shape and bytes) and class names, read in chunks."""
+    digest = hashlib.sha256()
+    digest.update(f"{kind} {array.dtype.str} {array.shape}\n".encode())
+    rows_per_chunk = max(1, CHUNK_BYTES // max(1, array[:1].nbytes))
+    for start in range(0, len(array), rows_per_chunk):
+        digest.update(np.ascontiguousarray(array[start : start + rows_per_chunk]).data)
+    if labels is not None and class_names is not None:
+        digest.update(f"labels {labels.dtype.str} {labels.shape}\n".encode())
+        digest.update(np.ascontiguousarray(labels).data)
+        digest.update("\n".join(class_names).encode())
+    return digest.hexdigest()
+
+
+def _store_dataset(
+    store: ArtifactStore,
+    prefix: str,
+    work: Path,
+    kind: DatasetKind,
+    labels: np.ndarray | None,
+    class_names: list[str] | None,
+    heldout_fraction: float,
+    seed: int,
+) -> DatasetInfo:
+    """Compute the split and hash from work/<kind>.npy, then put the files in the store, meta.json last."""
+    prefix = prefix.strip("/")
+    if store.exists(f"{prefix}/{META_FILE}"):
+        raise InvalidDataset(f"a dataset already exists under '{prefix}'; delete it first")
+    array = np.load(work / array_file(kind), mmap_mode="r")
+    heldout = heldout_mask(labels, len(array), heldout_fraction, seed)
+    class_counts = None
+    if labels is not None and class_names is not None:
+        class_counts = dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True))
+    info = DatasetInfo(
+        kind=kind,
+        count=len(array),
+        item_shape=tuple(array.shape[1:]),
+        content_hash=content_hash(kind, array, labels, class_names),
+        class_names=class_names,
+        class_counts=class_counts,
+        heldout_count=int(heldout.sum()),
+    )
+    del array
+    np.save(work / HELDOUT_FILE, heldout)
+    files = [array_file(kind), HELDOUT_FILE]
+    if labels is not None:
+        np.save(work / LABELS_FILE, labels.astype(np.int64))
+        files.append(LABELS_FILE)
+    store.delete_prefix(prefix)  # leftovers of an interrupted ingest (no meta.json)
+    try:
+        for name in files:
+            store.put_file(f"{prefix}/{name}", work / name)
+        save_json(store, f"{prefix}/{META_FILE}", info.to_json())
+    except BaseException:
+        store.delete_prefix(prefix)
+        raise
+    return info
