@@ -1,0 +1,218 @@
+"""The classical occupancy distribution behind IRS, in log space.
+
+If a model can produce s distinct training images and n samples are drawn uniformly among them, the number K of
+distinct images seen follows P(K = k | n, s) = S2(n, k) s! / ((s - k)! s^n), S2 the Stirling numbers of the second
+kind (Dombrowski et al., main paper Eqs. 6-8, restated in /work/shared/papers/README.md).
+
+Three methods, chosen by size (`method="auto"`):
+- "exact": log S2(n, .) by the recurrence S2(n, k) = k S2(n-1, k) + S2(n-1, k-1) in log space, O(n^2), n <= 1000.
+- "asymptotic": Temme's uniform approximation of S2 (N. M. Temme, "Asymptotic estimates of Stirling numbers",
+  Stud. Appl. Math. 89 (1993) 233-243), relative error about 0.06 / n, evaluated only on a window of k around the
+  mean (+-40 sd, widened to any k asked for) and normalised there; used for 1000 < n while the window fits.
+- "normal": a discretised normal law with the exact mean and variance of K; used only when the window would exceed
+  `MAX_WINDOW` values of k (standard deviations above 25,000, i.e. n of order 10^9 and more).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import gammaln, logsumexp
+from scipy.stats import norm
+
+EXACT_MAX_N = 1000
+MAX_WINDOW = 2_000_000
+WINDOW_SDS = 40.0
+WINDOW_PAD = 50
+
+METHODS = ("exact", "asymptotic", "normal")
+
+
+def occupancy_mean(n: int, s: int) -> float:
+    """E[K] = s (1 - (1 - 1/s)^n), exactly."""
+    return -s * math.expm1(n * math.log1p(-1.0 / s))
+
+
+def occupancy_variance(n: int, s: int) -> float:
+    """Var[K] = s(s-1)(1-2/s)^n + s(1-1/s)^n - s^2 (1-1/s)^{2n}, exactly (rearranged to avoid cancellation)."""
+    if s == 1:
+        return 0.0
+    a = n * math.log1p(-1.0 / s)  # log (1-1/s)^n
+    b = n * math.log1p(-2.0 / s) if s > 2 else -math.inf  # log (1-2/s)^n
+    # s^2 [(1-2/s)^n - (1-1/s)^{2n}] + s [(1-1/s)^n - (1-2/s)^n], each bracket via expm1 of a log difference.
+    first = s * s * math.exp(2 * a) * math.expm1(b - 2 * a) if b > -math.inf else -s * s * math.exp(2 * a)
+    second = s * math.exp(a) * -math.expm1(b - a) if b > -math.inf else s * math.exp(a)
+    return max(first + second, 0.0)
+
+
+@lru_cache(maxsize=64)
+def _exact_log_stirling2_row(n: int) -> np.ndarray:
+    """log S2(n, k) for k = 0..n by the triangular recurrence, in log space."""
+    row = np.array([0.0])  # S2(0, 0) = 1
+    for i in range(1, n + 1):
+        previous = np.append(row, -np.inf)
+        shifted = np.concatenate(([-np.inf], row))
+        ks = np.arange(i + 1, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            row = np.logaddexp(np.log(ks) + previous, shifted)
+    row.setflags(write=False)
+    return row
+
+
+def log_stirling2_exact(n: int, ks: np.ndarray) -> np.ndarray:
+    """log S2(n, k) from the exact recurrence (-inf where S2 = 0)."""
+    row = _exact_log_stirling2_row(n)
+    ks = np.asarray(ks, dtype=np.int64)
+    out = np.full(ks.shape, -np.inf)
+    inside = (ks >= 0) & (ks <= n)
+    out[inside] = row[ks[inside]]
+    return out
+
+
+def _saddle_point(v: np.ndarray) -> np.ndarray:
+    """x0 > 0 with x0 / (1 - exp(-x0)) = v (v > 1): Newton from x = v, monotone for this convex equation."""
+    x = v.copy()
+    for _ in range(200):
+        h = x + v * np.expm1(-x)
+        dh = 1.0 - v * np.exp(-x)
+        step = h / dh
+        x = x - step
+        if np.all(np.abs(step) <= 1e-15 * x):
+            break
+    return x
+
+
+def log_stirling2_temme(n: int, ks: np.ndarray) -> np.ndarray:
+    """log S2(n, k) by Temme's uniform approximation (Temme 1993, as written in Wikipedia's Stirling-numbers page).
+
+    S2(n, k) ~ sqrt((n-k) / (n (1-G))) ((n-k)/e)^{n-k} C(n, k) / (G^k (v-G)^{n-k}), v = n/k, G = -W0(-v e^{-v}).
+    With x0 = v - G the saddle point, G = v - x0 and 1 - G = x0 - (v - 1), which avoids W0 near its branch point.
+    """
+    ks = np.asarray(ks, dtype=np.int64)
+    out = np.full(ks.shape, -np.inf)
+    out[(ks == n) | ((ks == 1) & (n >= 1))] = 0.0
+    inner = (ks > 1) & (ks < n)
+    if not np.any(inner):
+        return out
+    k = ks[inner].astype(np.float64)
+    m = n - k
+    v = n / k
+    x0 = _saddle_point(v)
+    log_binomial = gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(m + 1.0)
+    out[inner] = (
+        0.5 * np.log(m)
+        - 0.5 * np.log(n * (x0 - (v - 1.0)))
+        - k * np.log(v - x0)
+        - m * np.log(x0)
+        + m * (np.log(m) - 1.0)
+        + log_binomial
+    )
+    return out
+
+
+def _log_falling_factorial_over_power(n: int, s: int, ks: np.ndarray) -> np.ndarray:
+    """log( s! / ((s-k)! s^n) ), the s-dependent part of the occupancy probability."""
+    k = ks.astype(np.float64)
+    return gammaln(s + 1.0) - gammaln(s - k + 1.0) - n * math.log(s)
+
+
+def _window(n: int, s: int, extra_ks: tuple[int, ...] = ()) -> tuple[int, int]:
+    """Range of k holding all but a negligible mass (mean +- 40 sd + 50), widened to include extra_ks."""
+    mean = occupancy_mean(n, s)
+    sd = math.sqrt(occupancy_variance(n, s))
+    top = min(n, s)
+    lo = max(1, min([math.floor(mean - WINDOW_SDS * sd) - WINDOW_PAD, *extra_ks]))
+    hi = min(top, max([math.ceil(mean + WINDOW_SDS * sd) + WINDOW_PAD, *extra_ks]))
+    return lo, hi
+
+
+def choose_method(n: int, s: int) -> str:
+    """Exact for small n, Temme's approximation while its window is affordable, the normal law beyond."""
+    if n <= EXACT_MAX_N:
+        return "exact"
+    lo, hi = _window(n, s)
+    return "asymptotic" if hi - lo + 1 <= MAX_WINDOW else "normal"
+
+
+def _check(n: int, s: int) -> None:
+    if n < 0 or s < 1:
+        raise ValueError(f"need n >= 0 and s >= 1, got n={n}, s={s}")
+
+
+def occupancy_log_pmf_window(
+    n: int, s: int, method: str = "auto", extra_ks: tuple[int, ...] = ()
+) -> tuple[int, np.ndarray]:
+    """(first k, log P(K = k | n, s) for k = first .. last) over a window holding all the mass, normalised.
+
+    For "exact" the window is the whole support; otherwise the mean +- 40 sd, widened to include extra_ks.
+    """
+    _check(n, s)
+    method = choose_method(n, s) if method == "auto" else method
+    if n == 0:
+        return 0, np.array([0.0])
+    if method == "exact":
+        lo, hi = 1, min(n, s)
+    else:
+        lo, hi = _window(n, s, tuple(int(k) for k in extra_ks))
+    ks = np.arange(lo, hi + 1)
+    if method == "exact":
+        log_pmf = log_stirling2_exact(n, ks) + _log_falling_factorial_over_power(n, s, ks)
+    elif method == "asymptotic":
+        log_pmf = log_stirling2_temme(n, ks) + _log_falling_factorial_over_power(n, s, ks)
+        log_pmf -= logsumexp(log_pmf)
+    elif method == "normal":
+        log_pmf = _normal_log_pmf(n, s, ks)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS} or 'auto'")
+    return lo, log_pmf
+
+
+def _normal_log_pmf(n: int, s: int, ks: np.ndarray) -> np.ndarray:
+    """log of N(mean, var) mass on [k - 1/2, k + 1/2], renormalised over the window."""
+    mean = occupancy_mean(n, s)
+    sd = max(math.sqrt(occupancy_variance(n, s)), 1e-12)
+    upper = norm.logcdf((ks + 0.5 - mean) / sd)
+    lower = norm.logcdf((ks - 0.5 - mean) / sd)
+    with np.errstate(divide="ignore"):
+        log_mass = upper + np.log(-np.expm1(lower - upper))
+    return log_mass - logsumexp(log_mass)
+
+
+def occupancy_log_pmf(k: int, n: int, s: int, method: str = "auto") -> float:
+    """log P(K = k | n, s); -inf outside the support."""
+    if k < 0 or k > min(n, s) or (n > 0 and k == 0) or (n == 0 and k != 0):
+        return -math.inf
+    lo, log_pmf = occupancy_log_pmf_window(n, s, method, extra_ks=(k,))
+    return float(log_pmf[k - lo])
+
+
+def occupancy_log_cdf(k: int, n: int, s: int, method: str = "auto") -> float:
+    """log P(K <= k | n, s)."""
+    if k >= min(n, s):
+        return 0.0
+    if k < (1 if n > 0 else 0):
+        return -math.inf
+    lo, log_pmf = occupancy_log_pmf_window(n, s, method, extra_ks=(k,))
+    return min(0.0, float(logsumexp(log_pmf[: k - lo + 1])))
+
+
+def occupancy_log_sf(k: int, n: int, s: int, method: str = "auto") -> float:
+    """log P(K >= k | n, s)."""
+    if k <= (1 if n > 0 else 0):
+        return 0.0
+    if k > min(n, s):
+        return -math.inf
+    lo, log_pmf = occupancy_log_pmf_window(n, s, method, extra_ks=(k,))
+    return min(0.0, float(logsumexp(log_pmf[k - lo :])))
+
+
+def occupancy_cdf(k: int, n: int, s: int, method: str = "auto") -> float:
+    """P(K <= k | n, s)."""
+    return math.exp(occupancy_log_cdf(k, n, s, method))
+
+
+def occupancy_sf(k: int, n: int, s: int, method: str = "auto") -> float:
+    """P(K >= k | n, s)."""
+    return math.exp(occupancy_log_sf(k, n, s, method))
