@@ -1,0 +1,397 @@
+"""Diverse samples (DS): generated samples outside the boundary of the training data.
+
+Paper 000_9bfb40988b9fce7f, Sec. 3.5, Eq. 18 and Algorithms 1-2: deep features -> 2-D t-SNE ->
+Quickhull boundary of the training points -> generated points outside it are DS. The hull is
+scipy's Qhull (Barber et al. 1996, the paper's Algorithm 2); the point-in-hull test uses the
+hull's facet equations, vectorised.
+
+Two embedding modes:
+- `joint`: one scikit-learn t-SNE of training and generated features together, per seed, with
+  the authors' settings (`TSNE(n_components=2, random_state=seed)` on the raw features);
+- `fixed` (default): openTSNE fitted once on the (PCA-reduced) training features, generated
+  points placed into that embedding with openTSNE's `transform`, so every checkpoint compared
+  against a dataset meets the same boundary. `FixedEmbedding` is the cacheable part.
+
+Caveat measured while building this (see tests): `transform` places each new point from its
+affinities to its nearest training points, normalised per point, so a generated point far
+outside the training support is still pulled next to its nearest training points and usually
+lands inside the hull. The fixed mode therefore under-reports off-support samples; the k-NN
+support detector (`outside_knn_balls`, Kynkaanniemi et al. 2019), which works in the original
+feature space, does not have this blind spot, and the report gives both and their agreement.
+
+A t-SNE result depends on its seed: every detection runs several seeds and the summary counts a
+sample as DS when a strict majority of seeds say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.spatial import ConvexHull
+
+from diffaudit.metrics.entropy import information_estimates, pca_basis
+
+EmbeddingMode = Literal["fixed", "joint"]
+
+
+@dataclass(frozen=True)
+class TsneParams:
+    """t-SNE settings. `pca_dims`, `n_iter`, `early_exaggeration_iter`, `transform_*` and
+    `neighbors` apply to the fixed (openTSNE) mode; `perplexity` and `n_jobs` to both."""
+
+    perplexity: float = 30.0
+    pca_dims: int = 50
+    n_iter: int = 500
+    early_exaggeration_iter: int = 250
+    transform_perplexity: float = 5.0
+    transform_iter: int = 250
+    neighbors: str = "auto"  # openTSNE k-NN method: auto, exact, annoy
+    negative_gradient_method: str = "fft"  # openTSNE: fft (large data) or bh (small data)
+    n_jobs: int = 1
+
+
+# --- boundary (Algorithm 2) and the point-in-hull test (Eq. 18) ---------------------------
+
+
+def training_hull(points: np.ndarray) -> ConvexHull:
+    """Quickhull boundary of the 2-D training points (paper Algorithm 2, via Qhull)."""
+    return ConvexHull(np.asarray(points, dtype=np.float64))
+
+
+def outside_hull(hull: ConvexHull, points: np.ndarray, tol: float = 1e-9, block_size: int = 65536) -> np.ndarray:
+    """True for points outside the hull: some facet has normal . x + offset > tol."""
+    normals, offsets = hull.equations[:, :-1], hull.equations[:, -1]
+    points = np.asarray(points, dtype=np.float64)
+    out = np.empty(len(points), dtype=bool)
+    for start in range(0, len(points), block_size):
+        block = points[start : start + block_size]
+        out[start : start + block_size] = np.max(block @ normals.T + offsets, axis=1) > tol
+    return out
+
+
+def diverse_samples(train_2d: np.ndarray, generated_2d: np.ndarray) -> np.ndarray:
+    """Mask of generated points whose t-SNE position is outside the training boundary (paper Eq. 18)."""
+    return outside_hull(training_hull(train_2d), generated_2d)
+
+
+# --- embeddings --------------------------------------------------------------------------
+
+
+def joint_embedding(
+    train_features: np.ndarray, generated_features: np.ndarray, seed: int, params: TsneParams = TsneParams()
+) -> tuple[np.ndarray, np.ndarray]:
+    """One scikit-learn t-SNE of both sets together (the authors' code), split back into the two sets."""
+    from sklearn.manifold import TSNE
+
+    both = np.concatenate([np.asarray(train_features), np.asarray(generated_features)]).astype(np.float32)
+    tsne = TSNE(n_components=2, perplexity=params.perplexity, random_state=seed, n_jobs=params.n_jobs)
+    positions = tsne.fit_transform(both).astype(np.float64)
+    return positions[: len(train_features)], positions[len(train_features) :]
+
+
+def _centered(embedding: np.ndarray) -> np.ndarray:
+    """Shift so the bounding box is centred at 0, as openTSNE's transform does to its reference."""
+    return embedding - (embedding.max(axis=0) + embedding.min(axis=0)) / 2
+
+
+@dataclass
+class FixedEmbedding:
+    """openTSNE embeddings of the training features (one per seed), fitted once per dataset.
+
+    Cached as plain arrays (`to_arrays`) and JSON (`metadata`), not pickled: the training
+    embeddings (centred, so openTSNE's transform leaves them in place) and the PCA basis.
+    `restore` rebuilds openTSNE's k-NN affinities from the training features, which the
+    feature cache already holds; that costs one k-NN graph per seed, far less than a fit.
+    """
+
+    train_embeddings: np.ndarray  # (n_seeds, n_train, 2)
+    seeds: tuple[int, ...]
+    pca_mean: np.ndarray
+    pca_components: np.ndarray
+    params: TsneParams
+    _tsne: list[Any] = field(default_factory=list, repr=False)  # live openTSNE TSNEEmbedding per seed
+
+    def reduce(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, dtype=np.float64) - self.pca_mean) @ self.pca_components.T
+
+    def transform(self, generated_features: np.ndarray) -> np.ndarray:
+        """Positions (n_seeds, n_generated, 2) of generated points placed into each training embedding."""
+        reduced = self.reduce(generated_features)
+        p = self.params
+        placed = [
+            np.asarray(tsne.transform(reduced, perplexity=p.transform_perplexity, n_iter=p.transform_iter))
+            for tsne in self._tsne
+        ]
+        return np.stack(placed).astype(np.float64)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "train_embeddings": self.train_embeddings,
+            "pca_mean": self.pca_mean,
+            "pca_components": self.pca_components,
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        return {"format": 1, "seeds": list(self.seeds), "params": dataclasses.asdict(self.params)}
+
+    @classmethod
+    def restore(
+        cls, arrays: dict[str, np.ndarray], metadata: dict[str, Any], train_features: np.ndarray
+    ) -> FixedEmbedding:
+        """Rebuild from `to_arrays()`/`metadata()` and the same training features."""
+        if metadata.get("format") != 1:
+            raise ValueError(f"unknown fixed-embedding format {metadata.get('format')!r}")
+        fixed = cls(
+            train_embeddings=np.asarray(arrays["train_embeddings"], dtype=np.float64),
+            seeds=tuple(int(s) for s in metadata["seeds"]),
+            pca_mean=np.asarray(arrays["pca_mean"], dtype=np.float64),
+            pca_components=np.asarray(arrays["pca_components"], dtype=np.float64),
+            params=TsneParams(**metadata["params"]),
+        )
+        if fixed.train_embeddings.shape[1] != len(train_features):
+            raise ValueError("training features do not match the cached embedding (different number of rows)")
+        reduced = fixed.reduce(train_features)
+        fixed._tsne = [
+            _opentsne_embedding(e, reduced, s, fixed.params) for e, s in zip(fixed.train_embeddings, fixed.seeds)
+        ]
+        return fixed
+
+
+def _opentsne_embedding(embedding: np.ndarray, reduced_train: np.ndarray, seed: int, params: TsneParams) -> Any:
+    """An openTSNE TSNEEmbedding over stored positions, with the affinities `transform` needs."""
+    from openTSNE import TSNEEmbedding
+    from openTSNE.affinity import PerplexityBasedNN
+
+    affinities = PerplexityBasedNN(
+        reduced_train, perplexity=params.perplexity, method=params.neighbors, n_jobs=params.n_jobs, random_state=seed
+    )
+    return TSNEEmbedding(
+        np.array(embedding),
+        affinities,
+        negative_gradient_method=params.negative_gradient_method,
+        n_jobs=params.n_jobs,
+        random_state=seed,
+    )
+
+
+def fit_fixed_embedding(
+    train_features: np.ndarray, seeds: tuple[int, ...] = (0, 1, 2), params: TsneParams = TsneParams()
+) -> FixedEmbedding:
+    """Fit openTSNE on the PCA-reduced training features once per seed."""
+    from openTSNE import TSNE
+
+    mean, components = pca_basis(train_features, params.pca_dims)
+    reduced = (np.asarray(train_features, dtype=np.float64) - mean) @ components.T
+    live = []
+    for seed in seeds:
+        tsne = TSNE(
+            perplexity=params.perplexity,
+            n_iter=params.n_iter,
+            early_exaggeration_iter=params.early_exaggeration_iter,
+            negative_gradient_method=params.negative_gradient_method,
+            neighbors=params.neighbors,
+            n_jobs=params.n_jobs,
+            random_state=seed,
+        )
+        embedding = tsne.fit(reduced)
+        embedding -= (embedding.max(axis=0) + embedding.min(axis=0)) / 2  # in place: the live object too
+        live.append(embedding)
+    return FixedEmbedding(
+        train_embeddings=np.stack([np.array(e) for e in live]),
+        seeds=tuple(seeds),
+        pca_mean=mean,
+        pca_components=components,
+        params=params,
+        _tsne=live,
+    )
+
+
+# --- detection over seeds ----------------------------------------------------------------
+
+
+@dataclass
+class TsneDetection:
+    """t-SNE positions and DS masks, one row per seed."""
+
+    mode: EmbeddingMode
+    seeds: tuple[int, ...]
+    train_2d: np.ndarray  # (n_seeds, n_train, 2)
+    generated_2d: np.ndarray  # (n_seeds, n_generated, 2)
+    outside: np.ndarray  # (n_seeds, n_generated) bool
+
+
+def tsne_diverse_samples(
+    train_features: np.ndarray,
+    generated_features: np.ndarray,
+    mode: EmbeddingMode = "fixed",
+    seeds: tuple[int, ...] = (0, 1, 2),
+    params: TsneParams = TsneParams(),
+    fixed: FixedEmbedding | None = None,
+) -> TsneDetection:
+    """Algorithm 1 for every seed. In fixed mode, pass the cached `fixed` embedding to reuse it."""
+    if mode == "joint":
+        pairs = [joint_embedding(train_features, generated_features, s, params) for s in seeds]
+        train_2d = np.stack([t for t, _ in pairs])
+        generated_2d = np.stack([g for _, g in pairs])
+    elif mode == "fixed":
+        if fixed is None:
+            fixed = fit_fixed_embedding(train_features, seeds, params)
+        seeds = fixed.seeds
+        train_2d = fixed.train_embeddings
+        generated_2d = fixed.transform(generated_features)
+    else:
+        raise ValueError(f"unknown embedding mode {mode!r}")
+    outside = np.stack([diverse_samples(t, g) for t, g in zip(train_2d, generated_2d)])
+    return TsneDetection(mode, tuple(seeds), train_2d, generated_2d, outside)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|A & B| / |A | B| of two masks; 1.0 when both are empty (the sets agree)."""
+    union = int(np.sum(a | b))
+    return 1.0 if union == 0 else int(np.sum(a & b)) / union
+
+
+def majority(masks: np.ndarray) -> np.ndarray:
+    """Samples flagged by a strict majority of the rows (seeds)."""
+    return np.sum(masks, axis=0) * 2 > masks.shape[0]
+
+
+def seed_summary(masks: np.ndarray, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """DS count per seed, mean and spread, pairwise Jaccard overlap, majority DS."""
+    counts = np.sum(masks, axis=1)
+    pairs = {f"{seeds[i]}-{seeds[j]}": jaccard(masks[i], masks[j]) for i, j in combinations(range(len(seeds)), 2)}
+    agreed = majority(masks)
+    return {
+        "seeds": list(seeds),
+        "count_per_seed": [int(c) for c in counts],
+        "count_mean": float(np.mean(counts)),
+        "count_std": float(np.std(counts, ddof=1)) if len(counts) > 1 else 0.0,
+        "count_min": int(np.min(counts)),
+        "count_max": int(np.max(counts)),
+        "jaccard": pairs,
+        "jaccard_mean": float(np.mean(list(pairs.values()))) if pairs else 1.0,
+        "majority_count": int(np.sum(agreed)),
+        "majority_rate": float(np.mean(agreed)),
+        "majority_indices": [int(i) for i in np.flatnonzero(agreed)],
+    }
+
+
+# --- the second detector: k-NN support in feature space ------------------------------------
+
+
+def _block_rows(n_columns: int, max_entries: int = 1 << 23) -> int:
+    """Rows per block so a block of distances holds at most max_entries values (64 MB in float64)."""
+    return max(1, max_entries // max(1, n_columns))
+
+
+def knn_radii(train_features: np.ndarray, k: int = 3, device: torch.device | None = None) -> np.ndarray:
+    """Distance from each training point to its k-th nearest other training point (blocked, exact)."""
+    train = torch.as_tensor(np.asarray(train_features), dtype=torch.float64, device=device)
+    rows = _block_rows(len(train))
+    radii = []
+    for start in range(0, len(train), rows):
+        dist = torch.cdist(train[start : start + rows], train)
+        # k + 1 smallest includes the point itself (distance ~0), so the last is its k-th other neighbour
+        radii.append(torch.topk(dist, k + 1, dim=1, largest=False).values[:, -1])
+    return torch.cat(radii).cpu().numpy()
+
+
+def outside_knn_balls(
+    train_features: np.ndarray,
+    generated_features: np.ndarray,
+    k: int = 3,
+    radii: np.ndarray | None = None,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """True for generated samples in no training k-NN ball (Kynkaanniemi et al. 2019's support, '<=' inside)."""
+    if radii is None:
+        radii = knn_radii(train_features, k, device)
+    train = torch.as_tensor(np.asarray(train_features), dtype=torch.float64, device=device)
+    gen = torch.as_tensor(np.asarray(generated_features), dtype=torch.float64, device=device)
+    r = torch.as_tensor(radii, dtype=torch.float64, device=device)
+    rows = _block_rows(len(train))
+    inside = [(torch.cdist(gen[s : s + rows], train) <= r).any(dim=1) for s in range(0, len(gen), rows)]
+    return ~torch.cat(inside).cpu().numpy()
+
+
+def detector_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
+    """Counts of the 2x2 table, Jaccard of the flagged sets and Cohen's kappa of two masks."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    observed = float(np.mean(a == b))
+    expected = float(np.mean(a) * np.mean(b) + np.mean(~a) * np.mean(~b))
+    # Cohen 1960: kappa = (p_o - p_e) / (1 - p_e); defined as 1 when both raters are constant and agree
+    kappa = 1.0 if expected == 1.0 else (observed - expected) / (1.0 - expected)
+    return {
+        "both": int(np.sum(a & b)),
+        "only_first": int(np.sum(a & ~b)),
+        "only_second": int(np.sum(~a & b)),
+        "neither": int(np.sum(~a & ~b)),
+        "jaccard": jaccard(a, b),
+        "cohen_kappa": float(kappa),
+    }
+
+
+# --- report and plot ----------------------------------------------------------------------
+
+
+def novelty_report(
+    train_features: np.ndarray,
+    generated_features: np.ndarray,
+    detection: TsneDetection,
+    knn_k: int = 3,
+    entropy_dims: int = 10,
+    entropy_k: int = 3,
+    n_rounds: int = 10,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """JSON-able summary of a stage: t-SNE DS over seeds, k-NN support DS, their agreement, H and KL."""
+    tsne_ds = majority(detection.outside)
+    support_ds = outside_knn_balls(train_features, generated_features, knn_k, device=device)
+    return {
+        "n_train": int(len(train_features)),
+        "n_generated": int(len(generated_features)),
+        "tsne": {"mode": detection.mode, **seed_summary(detection.outside, detection.seeds)},
+        "knn_support": {
+            "k": knn_k,
+            "count": int(np.sum(support_ds)),
+            "rate": float(np.mean(support_ds)),
+            "indices": [int(i) for i in np.flatnonzero(support_ds)],
+        },
+        "agreement": {"first": "tsne_majority", "second": "knn_support", **detector_agreement(tsne_ds, support_ds)},
+        "information": information_estimates(
+            train_features, generated_features, n_components=entropy_dims, k=entropy_k, n_rounds=n_rounds, seed=seed
+        ),
+    }
+
+
+def tsne_plot_png(detection: TsneDetection, seed_index: int = 0, title: str | None = None) -> bytes:
+    """Scatter plot of one seed's t-SNE (training red, generated blue, hull, DS marked) as PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train, gen = detection.train_2d[seed_index], detection.generated_2d[seed_index]
+    ds = detection.outside[seed_index]
+    fig = Figure(figsize=(7, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    size = 4 if len(train) + len(gen) < 5000 else 1
+    ax.scatter(train[:, 0], train[:, 1], s=size, c="tab:red", alpha=0.5, label="training", rasterized=True)
+    ax.scatter(gen[~ds, 0], gen[~ds, 1], s=size, c="tab:blue", alpha=0.5, label="generated", rasterized=True)
+    ax.scatter(gen[ds, 0], gen[ds, 1], s=30, c="black", marker="x", label=f"diverse samples ({int(ds.sum())})")
+    hull = training_hull(train)
+    loop = np.append(hull.vertices, hull.vertices[0])  # 2-D hull vertices are in counterclockwise order
+    ax.plot(train[loop, 0], train[loop, 1], c="darkred", lw=1, label="training boundary")
+    ax.set_title(title or f"t-SNE ({detection.mode} mode, seed {detection.seeds[seed_index]})")
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    ax.legend(loc="best", markerscale=2, fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
