@@ -1,0 +1,1 @@
+"""diffaudit's REST service: FastAPI over SQLAlchemy, enqueueing Celery tasks by name."""

@@ -1,0 +1,1 @@
+"""Checkpoints: uploaded diffusers folders (or registered server-side folders), validated on arrival."""

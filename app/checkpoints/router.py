@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+
+from app.auth import CurrentProject
+from app.checkpoints import service
+from app.checkpoints.schemas import CheckpointList, CheckpointOut
+from app.dependencies import SessionDep, SettingsDep, StoreDep
+from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, BadRequest, ErrorResponse
+from app.uploads import spool_upload
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=COMMON_RESPONSES)
+
+
+@router.post(
+    "",
+    summary="Upload a checkpoint zip, or register a folder on the server",
+    description=(
+        "Multipart form with either `file`: a zip of a diffusers `save_pretrained` folder (a pipeline folder "
+        "with `unet/` and `scheduler/`, or a flat UNet folder with `scheduler_config.json`), or `path`: an "
+        "absolute folder on the server under DIFFAUDIT_SERVER_PATHS. Weights must be safetensors. The checkpoint "
+        "is validated completely before anything is stored. Uploading the same content again returns the "
+        "existing checkpoint with 200."
+    ),
+    response_model=CheckpointOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": CheckpointOut, "description": "the same checkpoint was already stored in this project"},
+        400: {"model": ErrorResponse, "description": "the zip is corrupt, or an entry escapes its folder"},
+        403: {"model": ErrorResponse, "description": "server paths are not allowed, or the path is outside them"},
+        413: {"model": ErrorResponse, "description": "the upload is larger than DIFFAUDIT_MAX_UPLOAD_BYTES"},
+    },
+)
+def create_checkpoint(
+    project: CurrentProject,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    response: Response,
+    file: Annotated[UploadFile | None, File(description="zip of the checkpoint folder")] = None,
+    path: Annotated[str | None, Form(description="absolute folder on the server (instead of file)")] = None,
+    name: Annotated[str | None, Form(description="display name; defaults to the file or folder name")] = None,
+) -> CheckpointOut:
+    if (file is None) == (path is None):
+        raise BadRequest("send exactly one of `file` (a zip upload) or `path` (a folder on the server)")
+    if file is not None:
+        with tempfile.TemporaryDirectory(prefix="diffaudit-upload-") as tmp:
+            zip_path = spool_upload(file, Path(tmp))
+            default_name = Path(file.filename or "checkpoint").stem
+            checkpoint, created = service.upload_checkpoint(
+                session, project, store, settings, zip_path, name or default_name
+            )
+    else:
+        assert path is not None
+        checkpoint, created = service.register_server_path(session, project, store, settings, path, name)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return CheckpointOut.model_validate(checkpoint)
+
+
+@router.get("", summary="List this project's checkpoints", response_model=CheckpointList)
+def list_checkpoints(project: CurrentProject, session: SessionDep) -> CheckpointList:
+    items = service.list_checkpoints(session, project)
+    return CheckpointList(items=[CheckpointOut.model_validate(c) for c in items])
+
+
+@router.get("/{checkpoint_id}", summary="One checkpoint", response_model=CheckpointOut, responses=NOT_FOUND_RESPONSE)
+def get_checkpoint(checkpoint_id: str, project: CurrentProject, session: SessionDep) -> CheckpointOut:
+    return CheckpointOut.model_validate(service.get_checkpoint(session, project, checkpoint_id))

@@ -1,0 +1,160 @@
+"""Checkpoints: validate, store under `checkpoints/<id>/`, record. Nothing half-written on failure."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.errors import BadRequest, Forbidden, NotFound
+from app.models import Checkpoint, Project, new_id
+from app.settings import Settings
+from diffaudit.archive import ArchiveLimits, safe_extract_zip
+from diffaudit.checkpoints import CheckpointInfo, validate_checkpoint_dir
+from diffaudit.store import ArtifactStore
+
+MAX_NAME = 200
+
+
+def store_prefix(checkpoint_id: str) -> str:
+    return f"checkpoints/{checkpoint_id}"
+
+
+def archive_limits(settings: Settings) -> ArchiveLimits:
+    return ArchiveLimits(max_files=settings.max_archive_files, max_total_bytes=settings.max_archive_bytes)
+
+
+def unwrap_single_folder(root: Path) -> Path:
+    """The folder itself, or its only entry when that is a folder (a zip of `model/...`)."""
+    entries = list(root.iterdir())
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return root
+
+
+def get_checkpoint(session: Session, project: Project, checkpoint_id: str) -> Checkpoint:
+    checkpoint = session.get(Checkpoint, checkpoint_id)
+    if checkpoint is None or checkpoint.project_id != project.id:
+        raise NotFound(f"checkpoint {checkpoint_id!r} not found in this project")
+    return checkpoint
+
+
+def list_checkpoints(session: Session, project: Project) -> list[Checkpoint]:
+    query = select(Checkpoint).where(Checkpoint.project_id == project.id).order_by(Checkpoint.created_at.desc())
+    return list(session.scalars(query))
+
+
+def _existing(session: Session, project: Project, content_hash: str) -> Checkpoint | None:
+    query = select(Checkpoint).where(Checkpoint.project_id == project.id, Checkpoint.content_hash == content_hash)
+    return session.scalar(query)
+
+
+def _new_row(project: Project, name: str, info: CheckpointInfo, source_path: str | None) -> Checkpoint:
+    return Checkpoint(
+        id=new_id("ck"),
+        project_id=project.id,
+        name=name[:MAX_NAME],
+        content_hash=info.content_hash,
+        num_parameters=info.num_parameters,
+        sample_size=info.sample_size,
+        in_channels=info.in_channels,
+        out_channels=info.out_channels,
+        num_class_embeds=info.num_class_embeds,
+        source_path=source_path,
+        info=info.to_json(),
+    )
+
+
+def _record(session: Session, project: Project, row: Checkpoint, store: ArtifactStore) -> tuple[Checkpoint, bool]:
+    """Commit the row; when the same content was recorded concurrently, drop ours and return theirs."""
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        store.delete_prefix(store_prefix(row.id))
+        existing = _existing(session, project, row.content_hash)
+        if existing is None:
+            raise
+        return existing, False
+    return row, True
+
+
+def _put_folder(store: ArtifactStore, prefix: str, folder: Path) -> None:
+    """Copy every file of `folder` into the store; on failure remove what was copied."""
+    try:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            store.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path)
+    except BaseException:
+        store.delete_prefix(prefix)
+        raise
+
+
+def upload_checkpoint(
+    session: Session, project: Project, store: ArtifactStore, settings: Settings, zip_path: Path, name: str
+) -> tuple[Checkpoint, bool]:
+    """Extract and validate an uploaded zip, store its files and record it. Returns (checkpoint, created)."""
+    with tempfile.TemporaryDirectory(prefix="diffaudit-checkpoint-") as tmp:
+        extracted = Path(tmp) / "x"
+        safe_extract_zip(zip_path, extracted, archive_limits(settings))
+        folder = unwrap_single_folder(extracted)
+        info = validate_checkpoint_dir(folder)
+        existing = _existing(session, project, info.content_hash)
+        if existing is not None:
+            return existing, False
+        row = _new_row(project, name, info, source_path=None)
+        _put_folder(store, store_prefix(row.id), folder)
+    try:
+        return _record(session, project, row, store)
+    except BaseException:
+        store.delete_prefix(store_prefix(row.id))
+        raise
+
+
+def allowed_server_path(settings: Settings, path: str) -> Path:
+    """The resolved folder, when it lies under one of DIFFAUDIT_SERVER_PATHS."""
+    if not settings.server_paths:
+        raise Forbidden(
+            "registering server-side folders is disabled on this server; upload a zip instead, "
+            "or ask the operator to set DIFFAUDIT_SERVER_PATHS"
+        )
+    requested = Path(path)
+    if not requested.is_absolute():
+        raise BadRequest(f"path {path!r} must be absolute")
+    resolved = requested.resolve()
+    roots = [root.resolve() for root in settings.server_paths]
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise Forbidden(
+            f"path {path!r} is outside the folders this server may read (DIFFAUDIT_SERVER_PATHS: "
+            f"{', '.join(str(r) for r in roots)})"
+        )
+    return resolved
+
+
+def register_server_path(
+    session: Session, project: Project, store: ArtifactStore, settings: Settings, path: str, name: str | None
+) -> tuple[Checkpoint, bool]:
+    """Validate a folder on the server and record it in place (its files are not copied)."""
+    folder = allowed_server_path(settings, path)
+    info = validate_checkpoint_dir(folder)
+    existing = _existing(session, project, info.content_hash)
+    if existing is not None:
+        return existing, False
+    return _record(session, project, _new_row(project, name or folder.name, info, source_path=str(folder)), store)
+
+
+def checkpoint_dir(store: ArtifactStore, checkpoint: Checkpoint) -> Path:
+    """A local folder holding the checkpoint's files (fetched from the store into its cache if needed)."""
+    if checkpoint.source_path is not None:
+        return Path(checkpoint.source_path)
+    prefix = store_prefix(checkpoint.id)
+    keys = store.list(prefix + "/")
+    if not keys:
+        raise NotFound(f"the files of checkpoint {checkpoint.id} are missing from the artifact store")
+    for key in keys:
+        local = store.local_path(key)
+    depth = len(keys[-1].split("/")) - len(prefix.split("/"))
+    return local.parents[depth - 1]

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+
+from app.auth import CurrentProject
+from app.datasets import service
+from app.datasets.schemas import DatasetList, DatasetOut
+from app.dependencies import SessionDep, SettingsDep, StoreDep
+from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
+from app.uploads import spool_upload
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=COMMON_RESPONSES)
+
+
+@router.post(
+    "",
+    summary="Upload a dataset (.zip of images or .npz of arrays)",
+    description=(
+        "A zip of images, flat (unlabelled) or with one sub-folder per class; or an .npz with `images` "
+        "(N,H,W[,C]) uint8 and optional `labels` (N,), or `features` (N,D) for your own embeddings. "
+        "Everything is validated before anything is stored."
+    ),
+    response_model=DatasetOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        400: {"model": ErrorResponse, "description": "the upload is not a readable zip"},
+        413: {"model": ErrorResponse, "description": "the upload is larger than DIFFAUDIT_MAX_UPLOAD_BYTES"},
+    },
+)
+def create_dataset(
+    project: CurrentProject,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description=".zip of images or .npz")],
+    name: Annotated[str | None, Form(description="display name; defaults to the file name")] = None,
+    heldout_fraction: Annotated[float, Form(ge=0.0, lt=1.0, description="share held out of training")] = 0.0,
+    seed: Annotated[int, Form(ge=0, description="seed of the (stratified) held-out split")] = 0,
+) -> DatasetOut:
+    with tempfile.TemporaryDirectory(prefix="diffaudit-upload-") as tmp:
+        path = spool_upload(file, Path(tmp))
+        default_name = Path(file.filename or "dataset").stem
+        dataset = service.upload_dataset(
+            session, project, store, settings, path, name or default_name, heldout_fraction, seed
+        )
+    return DatasetOut.model_validate(dataset)
+
+
+@router.get("", summary="List this project's datasets and the built-ins", response_model=DatasetList)
+def list_datasets(project: CurrentProject, session: SessionDep) -> DatasetList:
+    return DatasetList(items=[DatasetOut.model_validate(d) for d in service.list_datasets(session, project)])
+
+
+@router.get("/{dataset_id}", summary="One dataset", response_model=DatasetOut, responses=NOT_FOUND_RESPONSE)
+def get_dataset(dataset_id: str, project: CurrentProject, session: SessionDep) -> DatasetOut:
+    return DatasetOut.model_validate(service.get_dataset(session, project, dataset_id))

@@ -1,0 +1,1 @@
+"""Evaluation jobs: created over REST, run by workers through the service functions here."""

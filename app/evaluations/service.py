@@ -1,0 +1,330 @@
+"""Evaluation jobs: creation and queries for the API, state changes for the workers.
+
+Every function takes a Session and commits its own change. Worker-facing functions
+(`load_job`, `mark_running`, `mark_stage_started`, `record_progress`, `record_stage_done`,
+`finish`, `is_cancel_requested`) are single statements, cheap enough to call on every batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.checkpoints.service import get_checkpoint
+from app.datasets.service import get_dataset
+from app.errors import Conflict, Invalid, NotFound, Unavailable
+from app.evaluations.schemas import EvaluationCreate
+from app.models import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STAGE_DONE,
+    STAGE_RUNNING,
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Dataset,
+    Evaluation,
+    EvaluationStage,
+    Project,
+    new_id,
+    utcnow,
+)
+from app.queue import RUN_EVALUATION, Enqueue
+from diffaudit.spec import EvaluationSpec
+from diffaudit.store import ArtifactStore
+
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".json": "application/json",
+    ".csv": "text/csv",
+    ".zip": "application/zip",
+    ".npy": "application/x-npy",
+    ".txt": "text/plain",
+}
+
+
+def job_prefix(evaluation_id: str) -> str:
+    """Where a job's artifacts live in the store."""
+    return f"evaluations/{evaluation_id}"
+
+
+# --- API side ------------------------------------------------------------------------------------
+
+
+def check_compatible(spec: EvaluationSpec, checkpoint: Checkpoint, dataset: Dataset) -> None:
+    """Refuse requests that cannot produce a meaningful evaluation, before anything runs."""
+    label = spec.sample.class_label
+    if label is not None and not checkpoint.num_class_embeds:
+        raise Invalid(
+            f"spec.sample.class_label={label} but checkpoint {checkpoint.id} is not class-conditional; "
+            "remove class_label"
+        )
+    if label is not None and checkpoint.num_class_embeds and label >= checkpoint.num_class_embeds:
+        raise Invalid(
+            f"spec.sample.class_label={label} is out of range: checkpoint {checkpoint.id} has "
+            f"{checkpoint.num_class_embeds} classes (0..{checkpoint.num_class_embeds - 1})"
+        )
+    if dataset.kind == "images" and dataset.item_shape[-1] != checkpoint.out_channels:
+        raise Invalid(
+            f"dataset {dataset.id} has {dataset.item_shape[-1]}-channel images but checkpoint {checkpoint.id} "
+            f"generates {checkpoint.out_channels}-channel images; pick the dataset the model was trained on"
+        )
+
+
+def _same_request(evaluation: Evaluation, request: EvaluationCreate, spec_hash: str) -> bool:
+    return (evaluation.checkpoint_id, evaluation.dataset_id, evaluation.spec_hash) == (
+        request.checkpoint_id,
+        request.dataset_id,
+        spec_hash,
+    )
+
+
+def _replay(
+    session: Session, project: Project, key: str, request: EvaluationCreate, spec_hash: str
+) -> Evaluation | None:
+    """The job created earlier with this Idempotency-Key, if any (409 when the body differs)."""
+    query = select(Evaluation).where(Evaluation.project_id == project.id, Evaluation.idempotency_key == key)
+    evaluation = session.scalar(query)
+    if evaluation is not None and not _same_request(evaluation, request, spec_hash):
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used for a different request (evaluation {evaluation.id}); "
+            "use a new key for a new request"
+        )
+    return evaluation
+
+
+def create_evaluation(
+    session: Session, project: Project, request: EvaluationCreate, idempotency_key: str | None, enqueue: Enqueue
+) -> tuple[Evaluation, bool]:
+    """Store a queued job with its stages, commit, then send it to the workers. Returns (job, created)."""
+    spec_hash = request.spec.spec_hash()
+    if idempotency_key is not None:
+        existing = _replay(session, project, idempotency_key, request, spec_hash)
+        if existing is not None:
+            return existing, False
+    checkpoint = get_checkpoint(session, project, request.checkpoint_id)
+    dataset = get_dataset(session, project, request.dataset_id)
+    check_compatible(request.spec, checkpoint, dataset)
+    evaluation = Evaluation(
+        id=new_id("ev"),
+        project_id=project.id,
+        checkpoint_id=checkpoint.id,
+        dataset_id=dataset.id,
+        spec=request.spec.model_dump(mode="json"),
+        spec_hash=spec_hash,
+        status=QUEUED,
+        idempotency_key=idempotency_key,
+        stages=[EvaluationStage(name=name, position=i) for i, name in enumerate(request.spec.stages)],
+    )
+    session.add(evaluation)
+    try:
+        session.commit()
+    except IntegrityError:  # the same key was used concurrently
+        session.rollback()
+        assert idempotency_key is not None
+        existing = _replay(session, project, idempotency_key, request, spec_hash)
+        if existing is None:
+            raise
+        return existing, False
+    _send(session, evaluation, enqueue)
+    return evaluation, True
+
+
+def _send(session: Session, evaluation: Evaluation, enqueue: Enqueue) -> None:
+    """Enqueue the committed job; if the broker is unreachable the job fails with a message saying so."""
+    try:
+        enqueue(RUN_EVALUATION, evaluation.id)
+    except Exception as exc:
+        error = f"the job could not be sent to the workers (broker unreachable: {exc}); submit it again"
+        finish(session, evaluation.id, FAILED, error=error)
+        raise Unavailable(error) from exc
+
+
+def get_evaluation(session: Session, project: Project, evaluation_id: str) -> Evaluation:
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is None or evaluation.project_id != project.id:
+        raise NotFound(f"evaluation {evaluation_id!r} not found in this project")
+    return evaluation
+
+
+def list_evaluations(
+    session: Session,
+    project: Project,
+    *,
+    limit: int,
+    offset: int,
+    status: str | None = None,
+    checkpoint_id: str | None = None,
+    dataset_id: str | None = None,
+) -> tuple[list[Evaluation], int]:
+    """One page of the project's jobs, newest first, and how many match in all."""
+    conditions = [Evaluation.project_id == project.id]
+    if status is not None:
+        conditions.append(Evaluation.status == status)
+    if checkpoint_id is not None:
+        conditions.append(Evaluation.checkpoint_id == checkpoint_id)
+    if dataset_id is not None:
+        conditions.append(Evaluation.dataset_id == dataset_id)
+    total = session.scalar(select(func.count()).select_from(Evaluation).where(*conditions)) or 0
+    query = (
+        select(Evaluation)
+        .where(*conditions)
+        .order_by(Evaluation.created_at.desc(), Evaluation.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(session.scalars(query)), total
+
+
+def cancel_evaluation(session: Session, project: Project, evaluation_id: str) -> Evaluation:
+    """A queued job is cancelled at once; a running one is asked to stop at its next check."""
+    evaluation = get_evaluation(session, project, evaluation_id)
+    session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation.id, Evaluation.status == QUEUED)
+        .values(status=CANCELLED, cancel_requested=True, finished_at=utcnow())
+    )
+    session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation.id, Evaluation.status == RUNNING)
+        .values(cancel_requested=True)
+    )
+    session.commit()
+    session.refresh(evaluation)
+    if evaluation.status in TERMINAL_STATUSES - {CANCELLED}:
+        raise Conflict(f"evaluation {evaluation.id} already finished ({evaluation.status}); it cannot be cancelled")
+    return evaluation
+
+
+def get_results(session: Session, project: Project, evaluation_id: str) -> dict[str, Any]:
+    evaluation = get_evaluation(session, project, evaluation_id)
+    if evaluation.results is None:
+        reason = f": {evaluation.error}" if evaluation.error else ""
+        raise Conflict(
+            f"evaluation {evaluation.id} has no results ({evaluation.status}{reason})",
+            code="not_finished" if evaluation.status not in TERMINAL_STATUSES else "no_results",
+            details={"status": evaluation.status},
+        )
+    return evaluation.results
+
+
+def media_type(path: str) -> str:
+    return MEDIA_TYPES.get(PurePosixPath(path).suffix.lower(), "application/octet-stream")
+
+
+def list_artifacts(session: Session, project: Project, store: ArtifactStore, evaluation_id: str) -> list[str]:
+    evaluation = get_evaluation(session, project, evaluation_id)
+    prefix = job_prefix(evaluation.id) + "/"
+    return [key[len(prefix) :] for key in store.list(prefix)]
+
+
+def artifact_file(session: Session, project: Project, store: ArtifactStore, evaluation_id: str, path: str) -> Path:
+    """The local file of one artifact of the job; anything outside the job's folder is 'not found'."""
+    evaluation = get_evaluation(session, project, evaluation_id)
+    parts = path.split("/")
+    missing = NotFound(f"evaluation {evaluation.id} has no artifact {path!r}")
+    if "\\" in path or "\x00" in path or any(part in ("", ".", "..") for part in parts):
+        raise missing
+    key = f"{job_prefix(evaluation.id)}/{path}"
+    if not store.exists(key):
+        raise missing
+    return store.local_path(key)
+
+
+# --- worker side -----------------------------------------------------------------------------------
+
+
+def load_job(session: Session, evaluation_id: str) -> Evaluation:
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is None:
+        raise NotFound(f"evaluation {evaluation_id!r} does not exist")
+    return evaluation
+
+
+def mark_running(session: Session, evaluation_id: str) -> Evaluation:
+    """Start (or restart, after a redelivery) a job that is not finished; returns it in its current state.
+
+    The caller runs the job only if the returned status is 'running' (a cancelled or finished job stays so).
+    """
+    session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.status.in_((QUEUED, RUNNING)))
+        .values(
+            status=RUNNING,
+            started_at=func.coalesce(Evaluation.started_at, utcnow()),
+            attempts=Evaluation.attempts + 1,
+        )
+    )
+    session.commit()
+    evaluation = load_job(session, evaluation_id)
+    session.refresh(evaluation)
+    return evaluation
+
+
+def _update_stage(session: Session, evaluation_id: str, stage: str, **values: Any) -> None:
+    session.execute(
+        update(EvaluationStage)
+        .where(EvaluationStage.evaluation_id == evaluation_id, EvaluationStage.name == stage)
+        .values(**values)
+    )
+    session.commit()
+
+
+def mark_stage_started(session: Session, evaluation_id: str, stage: str) -> None:
+    _update_stage(
+        session, evaluation_id, stage, status=STAGE_RUNNING, started_at=utcnow(), finished_at=None, seconds=None
+    )
+
+
+def record_progress(session: Session, evaluation_id: str, stage: str, done: int, total: int) -> None:
+    """One UPDATE of the stage row."""
+    _update_stage(session, evaluation_id, stage, done=done, total=total)
+
+
+def record_stage_done(session: Session, evaluation_id: str, stage: str, summary: dict[str, Any]) -> None:
+    """The stage finished: its summary, how long it computed (summary['seconds'] when given), done = total."""
+    now = utcnow()
+    seconds = summary.get("seconds")
+    if seconds is None:
+        row = session.get(EvaluationStage, (evaluation_id, stage))
+        seconds = (now - row.started_at).total_seconds() if row is not None and row.started_at else None
+    _update_stage(
+        session,
+        evaluation_id,
+        stage,
+        status=STAGE_DONE,
+        finished_at=now,
+        seconds=seconds,
+        summary=summary,
+        done=case((EvaluationStage.total > 0, EvaluationStage.total), else_=EvaluationStage.done),
+    )
+
+
+def finish(
+    session: Session,
+    evaluation_id: str,
+    status: str,
+    results: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
+    """End a job (succeeded, rejected, failed or cancelled). False if it had already ended."""
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"finish() needs a final status ({sorted(TERMINAL_STATUSES)}), got {status!r}")
+    result = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.status.in_((QUEUED, RUNNING)))
+        .values(status=status, results=results, error=error, finished_at=utcnow())
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def is_cancel_requested(session: Session, evaluation_id: str) -> bool:
+    query = select(Evaluation.cancel_requested).where(Evaluation.id == evaluation_id)
+    return bool(session.scalar(query))

@@ -1,0 +1,92 @@
+"""Infrastructure settings: one pydantic-settings class, read from `DIFFAUDIT_*` environment variables.
+
+ML parameters never live here; they belong to EvaluationSpec and are stored with every job.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from diffaudit.store import ArtifactStore, LocalStore, S3Store
+
+GIB = 1024**3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIFFAUDIT_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./var/diffaudit.db", description="SQLAlchemy URL (SQLite or PostgreSQL)"
+    )
+    broker_url: str = Field(
+        default="memory://", description="Celery broker; memory:// only works with the embedded worker"
+    )
+    artifact_store: Literal["local", "s3"] = "local"
+    artifact_dir: Path = Path("./var/artifacts")
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = ""
+    cache_dir: Path = Field(default=Path("./var/cache"), description="local cache of S3 objects (memory-mapped reads)")
+    embedded_worker: bool = Field(default=False, description="run a Celery worker inside the API process")
+    allow_downloads: bool = Field(default=False, description="allow checkpoint references that need a hub download")
+    server_paths: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="roots under which server-side checkpoint folders may be registered (comma-separated); "
+        "empty = registering server paths is refused",
+    )
+    max_upload_bytes: int = Field(default=2 * GIB, ge=1)
+    max_archive_files: int = Field(default=200_000, ge=1)
+    max_archive_bytes: int = Field(default=8 * GIB, ge=1)
+    max_image_side: int = Field(default=1024, ge=1)
+    device: str | None = Field(default=None, description="torch device for workers; None = CUDA when present, else CPU")
+    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = all cores of this process")
+    broker_visibility_timeout: int = Field(
+        default=6 * 3600, ge=1, description="seconds before an unacknowledged task is redelivered (Redis broker)"
+    )
+    worker_prefetch: int = Field(default=1, ge=1)
+    demo_model_dir: Path = Path("./var/models")
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_psycopg3(cls, url: str) -> str:
+        """postgresql:// would pick psycopg2, which is not installed; use psycopg 3."""
+        for scheme in ("postgresql://", "postgres://"):
+            if url.startswith(scheme):
+                return "postgresql+psycopg://" + url[len(scheme) :]
+        return url
+
+    @field_validator("server_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def make_store(settings: Settings) -> ArtifactStore:
+    """The artifact store named by the settings."""
+    if settings.artifact_store == "s3":
+        if not settings.s3_bucket:
+            raise ValueError("DIFFAUDIT_ARTIFACT_STORE=s3 needs DIFFAUDIT_S3_BUCKET")
+        return S3Store(
+            settings.s3_bucket,
+            cache_dir=settings.cache_dir,
+            endpoint_url=settings.s3_endpoint_url,
+            prefix=settings.s3_prefix,
+        )
+    return LocalStore(settings.artifact_dir)

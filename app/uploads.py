@@ -1,0 +1,84 @@
+"""Uploads: a size limit enforced while the body streams in, and spooling a part to a temp file."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path, PurePosixPath
+
+from fastapi import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_response
+
+UPLOAD_PATHS = frozenset({"/v1/checkpoints", "/v1/datasets"})
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and form fields around the file
+JSON_BODY_LIMIT = 1024 * 1024  # every other request body
+COPY_CHUNK = 1 << 20
+MAX_NAME = 100
+
+
+def too_large_message(limit: int) -> str:
+    return (
+        f"the upload is larger than this server's limit of {limit:,} bytes "
+        "(DIFFAUDIT_MAX_UPLOAD_BYTES); split the data or ask the operator to raise the limit"
+    )
+
+
+class UploadTooLarge(HTTPException):
+    """Raised while the body streams in; an HTTPException so FastAPI's body parsing lets it through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, too_large_message(limit))
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse a body over the limit from its Content-Length, or as soon as it exceeds it."""
+
+    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_upload_bytes = max_upload_bytes
+
+    def limit_for(self, scope: Scope) -> tuple[int, int]:
+        """(bytes allowed in the body, limit named in the message) for this request."""
+        if scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS:
+            return self.max_upload_bytes + MULTIPART_OVERHEAD, self.max_upload_bytes
+        return JSON_BODY_LIMIT, JSON_BODY_LIMIT
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        allowed, named = self.limit_for(scope)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > allowed:
+            response = error_response(413, "too_large", too_large_message(named), {"limit_bytes": named})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > allowed:
+                    raise UploadTooLarge(named)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def safe_file_name(name: str | None) -> str:
+    """The client's file name reduced to harmless characters (error messages name it)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", PurePosixPath((name or "").replace("\\", "/")).name)[:MAX_NAME]
+    return cleaned if cleaned.strip("._") else "upload"
+
+
+def spool_upload(upload: UploadFile, folder: Path) -> Path:
+    """Copy an uploaded part into `folder` under its (sanitised) file name."""
+    target = folder / safe_file_name(upload.filename)
+    with target.open("wb") as out:
+        shutil.copyfileobj(upload.file, out, COPY_CHUNK)
+    return target
