@@ -106,6 +106,9 @@ def inverse_ddim_scheduler(
         timestep_spacing="leading",
         steps_offset=0,
     )
+    # float64 noise levels: the axes' stretches are small differences of nearly equal numbers
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    scheduler.initial_alpha_cumprod = scheduler.initial_alpha_cumprod.double()
     scheduler.set_timesteps(num_inference_steps or scheduler.config.num_train_timesteps)
     return scheduler
 
