@@ -36,6 +36,7 @@ import torch
 from scipy.spatial import ConvexHull
 
 from diffaudit.metrics.entropy import information_estimates, pca_basis
+from diffaudit.retrieval.knn import nearest_neighbours
 
 EmbeddingMode = Literal["fixed", "joint"]
 
@@ -158,7 +159,8 @@ class FixedEmbedding:
             raise ValueError("training features do not match the cached embedding (different number of rows)")
         reduced = fixed.reduce(train_features)
         fixed._tsne = [
-            _opentsne_embedding(e, reduced, s, fixed.params) for e, s in zip(fixed.train_embeddings, fixed.seeds)
+            _opentsne_embedding(e, reduced, s, fixed.params)
+            for e, s in zip(fixed.train_embeddings, fixed.seeds, strict=True)
         ]
         return fixed
 
@@ -247,7 +249,7 @@ def tsne_diverse_samples(
         generated_2d = fixed.transform(generated_features)
     else:
         raise ValueError(f"unknown embedding mode {mode!r}")
-    outside = np.stack([diverse_samples(t, g) for t, g in zip(train_2d, generated_2d)])
+    outside = np.stack([diverse_samples(t, g) for t, g in zip(train_2d, generated_2d, strict=True)])
     return TsneDetection(mode, tuple(seeds), train_2d, generated_2d, outside)
 
 
@@ -285,21 +287,20 @@ def seed_summary(masks: np.ndarray, seeds: tuple[int, ...]) -> dict[str, Any]:
 # --- the second detector: k-NN support in feature space ------------------------------------
 
 
-def _block_rows(n_columns: int, max_entries: int = 1 << 23) -> int:
-    """Rows per block so a block of distances holds at most max_entries values (64 MB in float64)."""
-    return max(1, max_entries // max(1, n_columns))
-
-
 def knn_radii(train_features: np.ndarray, k: int = 3, device: torch.device | None = None) -> np.ndarray:
-    """Distance from each training point to its k-th nearest other training point (blocked, exact)."""
-    train = torch.as_tensor(np.asarray(train_features), dtype=torch.float64, device=device)
-    rows = _block_rows(len(train))
-    radii = []
-    for start in range(0, len(train), rows):
-        dist = torch.cdist(train[start : start + rows], train)
-        # k + 1 smallest includes the point itself (distance ~0), so the last is its k-th other neighbour
-        radii.append(torch.topk(dist, k + 1, dim=1, largest=False).values[:, -1])
-    return torch.cat(radii).cpu().numpy()
+    """Distance from each training point to its k-th nearest other training point (exact, blocked)."""
+    # the k + 1 nearest include the point itself at distance 0, so the last is its k-th other neighbour
+    return nearest_neighbours(train_features, train_features, k=k + 1, device=device).distances[:, k]
+
+
+def _inside_some_ball(
+    train: np.ndarray, queries: np.ndarray, radii: np.ndarray, max_entries: int = 1 << 23
+) -> np.ndarray:
+    """Brute force: is each query within radii[j] of some training point j (float64, blocked)."""
+    train_t, radii_t = torch.as_tensor(train, dtype=torch.float64), torch.as_tensor(radii, dtype=torch.float64)
+    rows = max(1, max_entries // len(train))
+    blocks = [torch.as_tensor(queries[s : s + rows], dtype=torch.float64) for s in range(0, len(queries), rows)]
+    return torch.cat([(torch.cdist(b, train_t) <= radii_t).any(dim=1) for b in blocks]).numpy()
 
 
 def outside_knn_balls(
@@ -307,17 +308,25 @@ def outside_knn_balls(
     generated_features: np.ndarray,
     k: int = 3,
     radii: np.ndarray | None = None,
+    candidates: int = 32,
     device: torch.device | None = None,
 ) -> np.ndarray:
-    """True for generated samples in no training k-NN ball (Kynkaanniemi et al. 2019's support, '<=' inside)."""
+    """True for generated samples in no training k-NN ball (Kynkaanniemi et al. 2019's support; '<=' is inside).
+
+    Exact: a sample's `candidates` nearest training points decide it, unless none of their balls
+    holds it and the farthest candidate is within the largest radius; those few rows are checked
+    against every ball.
+    """
+    train = np.asarray(train_features, dtype=np.float64)
+    generated = np.asarray(generated_features, dtype=np.float64)
     if radii is None:
-        radii = knn_radii(train_features, k, device)
-    train = torch.as_tensor(np.asarray(train_features), dtype=torch.float64, device=device)
-    gen = torch.as_tensor(np.asarray(generated_features), dtype=torch.float64, device=device)
-    r = torch.as_tensor(radii, dtype=torch.float64, device=device)
-    rows = _block_rows(len(train))
-    inside = [(torch.cdist(gen[s : s + rows], train) <= r).any(dim=1) for s in range(0, len(gen), rows)]
-    return ~torch.cat(inside).cpu().numpy()
+        radii = knn_radii(train, k, device)
+    near = nearest_neighbours(generated, train, k=min(candidates, len(train)), device=device)
+    inside = np.any(near.distances <= radii[near.indices], axis=1)
+    unresolved = np.flatnonzero(~inside & (near.distances[:, -1] <= radii.max()))
+    if len(unresolved):
+        inside[unresolved] = _inside_some_ball(train, generated[unresolved], radii)
+    return ~inside
 
 
 def detector_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
@@ -355,8 +364,8 @@ def novelty_report(
     tsne_ds = majority(detection.outside)
     support_ds = outside_knn_balls(train_features, generated_features, knn_k, device=device)
     return {
-        "n_train": int(len(train_features)),
-        "n_generated": int(len(generated_features)),
+        "n_train": len(train_features),
+        "n_generated": len(generated_features),
         "tsne": {"mode": detection.mode, **seed_summary(detection.outside, detection.seeds)},
         "knn_support": {
             "k": knn_k,
