@@ -27,6 +27,7 @@ jackknife factor (n - d) / d is 1.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -98,7 +99,7 @@ def information_estimates(
     k: int = 3,
     n_rounds: int = 10,
     seed: int = 0,
-) -> dict[str, float | int | str]:
+) -> dict[str, Any]:
     """H(X), H(Y), D_KL(P_X || P_Y) (paper Eq. 4) and D_KL(P_Y || P_X), each with its half-sample spread.
 
     Estimated on the PCA projection (fitted on the training features) after removing exact
