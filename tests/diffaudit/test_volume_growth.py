@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -122,7 +123,7 @@ def test_full_axes_volume_equals_the_log_determinant_along_the_curve() -> None:
     )
     abar = alphas_cumprod()
     levels = [1.0, abar[0], abar[100], abar[200]]  # grid of 10 steps: timesteps 0, 100, 200, ...
-    log_dets = [np.log(abs(np.linalg.det(step_jacobian(matrix, a, b)))) for a, b in zip(levels, levels[1:])]
+    log_dets = [np.log(abs(np.linalg.det(step_jacobian(matrix, a, b)))) for a, b in itertools.pairwise(levels)]
     assert result.curve is not None and result.curve.shape == (2, 3)
     np.testing.assert_allclose(result.curve, np.broadcast_to(np.cumsum(log_dets), (2, 3)), rtol=1e-9)
     np.testing.assert_allclose(result.scores, result.curve[:, -1])
