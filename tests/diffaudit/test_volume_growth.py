@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.models.unets.unet_2d import UNet2DModel
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
 from diffaudit.metrics.volume_growth import (
     gram_schmidt,
