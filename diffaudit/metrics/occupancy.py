@@ -216,3 +216,18 @@ def occupancy_cdf(k: int, n: int, s: int, method: str = "auto") -> float:
 def occupancy_sf(k: int, n: int, s: int, method: str = "auto") -> float:
     """P(K >= k | n, s)."""
     return math.exp(occupancy_log_sf(k, n, s, method))
+
+
+def lower_critical_value(n: int, s: int, alpha: float, method: str = "auto") -> int:
+    """The largest k with P(K <= k | n, s) < alpha (0 when there is none): K <= it rejects s at level alpha."""
+    lo, log_pmf = occupancy_log_pmf_window(n, s, method)
+    below = np.flatnonzero(np.logaddexp.accumulate(log_pmf) < math.log(alpha))
+    return int(lo + below[-1]) if below.size else lo - 1
+
+
+def upper_critical_value(n: int, s: int, alpha: float, method: str = "auto") -> int:
+    """The smallest k with P(K >= k | n, s) < alpha (min(n, s) + 1 when there is none)."""
+    lo, log_pmf = occupancy_log_pmf_window(n, s, method)
+    log_sf = np.logaddexp.accumulate(log_pmf[::-1])[::-1]
+    below = np.flatnonzero(log_sf < math.log(alpha))
+    return int(lo + below[0]) if below.size else lo + len(log_pmf)
