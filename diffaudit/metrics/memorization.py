@@ -15,8 +15,8 @@ Nearest-neighbour distances (Sehwag et al., 001, Sec. 5): if a model copied its 
 samples would lie much closer to the training set than held-out real images do (001 finds 0.42 for its
 samples against 0.29 for real validation images, in a classifier's feature space).
 
-Both work on any arrays (N, ...) flattened to vectors: pixels or an extractor's features. Distances are
-exact and computed in blocks, so memory grows with the block sizes, never with N_generated x N_train.
+Both work on any arrays (N, ...) flattened to vectors: pixels or an extractor's features. Distances come from
+diffaudit.retrieval.knn (exact, blocked within a memory budget, never an N_generated x N_train matrix).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffaudit.device import pick_device
+from diffaudit.retrieval.knn import DEFAULT_MEMORY_BUDGET, nearest_neighbours
 
 CARLINI_ALPHA = 0.5  # Carlini et al. 2023, Sec. 5.1
 CARLINI_N_NEIGHBOURS = 50  # Carlini et al. 2023, Sec. 5.1
@@ -37,53 +37,10 @@ SUMMARY_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def as_vectors(array: ArrayLike, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Rows start:stop of (N, ...) images or features as float64 vectors (rows, D) on `device`."""
-    rows = array[start:stop]
-    tensor = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.asarray(rows))
-    return tensor.reshape(tensor.shape[0], -1).to(device=device, dtype=torch.float64)
-
-
-def blocked_knn(
-    queries: ArrayLike,
-    reference: ArrayLike,
-    k: int,
-    *,
-    query_block: int = 1024,
-    reference_block: int = 8192,
-    device: torch.device | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Euclidean k nearest reference vectors of every query: distances (Q, k) ascending and indices (Q, k).
-
-    Blocks of queries and of the reference are converted to float64 on `device` only when used, squared
-    distances are formed as |q|^2 + |r|^2 - 2 q.r and a running top k is kept, so memory is
-    O((query_block + reference_block) * D + query_block * (reference_block + k)), whatever the array sizes.
-    """
-    device = device or pick_device()
-    n_queries, n_reference = len(queries), len(reference)
-    dim, reference_dim = int(np.prod(queries.shape[1:])), int(np.prod(reference.shape[1:]))
-    if dim != reference_dim:
-        raise ValueError(f"queries have dimension {dim} but the reference has {reference_dim}")
-    if not 1 <= k <= n_reference:
-        raise ValueError(f"k must be between 1 and the reference size {n_reference}, got {k}")
-    distances, indices = [], []
-    for q_start in range(0, n_queries, query_block):
-        q = as_vectors(queries, q_start, q_start + query_block, device)
-        q_squares = q.square().sum(dim=1, keepdim=True)
-        best = torch.empty(q.shape[0], 0, dtype=torch.float64, device=device)
-        best_index = torch.empty(q.shape[0], 0, dtype=torch.int64, device=device)
-        for r_start in range(0, n_reference, reference_block):
-            r = as_vectors(reference, r_start, r_start + reference_block, device)
-            squared = (q_squares + r.square().sum(dim=1) - 2.0 * q @ r.T).clamp_min_(0.0)
-            index = torch.arange(r_start, r_start + r.shape[0], device=device).expand(q.shape[0], -1)
-            candidates, candidate_index = torch.cat([best, squared], dim=1), torch.cat([best_index, index], dim=1)
-            best, position = candidates.topk(min(k, candidates.shape[1]), dim=1, largest=False, sorted=True)
-            best_index = candidate_index.gather(1, position)
-        distances.append(best.sqrt().cpu())
-        indices.append(best_index.cpu())
-    if not distances:
-        return np.zeros((0, k)), np.zeros((0, k), dtype=np.int64)
-    return torch.cat(distances).numpy(), torch.cat(indices).numpy()
+def as_vectors(array: ArrayLike) -> np.ndarray:
+    """(N, ...) images or features as rows (N, D), without copying when the array is contiguous."""
+    rows = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    return rows.reshape(rows.shape[0], -1)
 
 
 def extraction_ratio(neighbour_distances: np.ndarray, alpha: float = CARLINI_ALPHA) -> np.ndarray:
@@ -143,21 +100,24 @@ def extraction_test(
     alpha: float = CARLINI_ALPHA,
     n_neighbours: int = CARLINI_N_NEIGHBOURS,
     threshold: float = CARLINI_THRESHOLD,
-    query_block: int = 1024,
-    reference_block: int = 8192,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     device: torch.device | None = None,
 ) -> Extraction:
     """Carlini et al.'s extraction test (003 Eq. 7) of every generated sample against the training set."""
     if alpha <= 0 or threshold <= 0:
         raise ValueError(f"alpha and threshold must be positive, got alpha={alpha}, threshold={threshold}")
-    distances, indices = blocked_knn(
-        generated, training, n_neighbours, query_block=query_block, reference_block=reference_block, device=device
+    neighbours = nearest_neighbours(
+        as_vectors(generated),
+        as_vectors(training),
+        n_neighbours,
+        memory_budget_bytes=memory_budget_bytes,
+        device=device,
     )
-    score = extraction_ratio(distances, alpha)
+    score = extraction_ratio(neighbours.distances, alpha)
     return Extraction(
         score=score,
-        nearest_index=indices[:, 0],
-        nearest_distance=distances[:, 0],
+        nearest_index=neighbours.indices[:, 0],
+        nearest_distance=neighbours.distances[:, 0],
         flagged=score < threshold,
         alpha=alpha,
         n_neighbours=n_neighbours,
@@ -169,15 +129,14 @@ def nearest_neighbour_distances(
     queries: ArrayLike,
     training: ArrayLike,
     *,
-    query_block: int = 1024,
-    reference_block: int = 8192,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     device: torch.device | None = None,
 ) -> np.ndarray:
     """L2 distance (Q,) from each query to its nearest training vector (001 Sec. 5)."""
-    distances, _ = blocked_knn(
-        queries, training, 1, query_block=query_block, reference_block=reference_block, device=device
+    neighbours = nearest_neighbours(
+        as_vectors(queries), as_vectors(training), 1, memory_budget_bytes=memory_budget_bytes, device=device
     )
-    return distances[:, 0]
+    return neighbours.distances[:, 0]
 
 
 def distance_summary(values: np.ndarray) -> dict[str, Any]:

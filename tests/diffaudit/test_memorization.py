@@ -10,7 +10,6 @@ import torch
 
 from diffaudit.metrics.memorization import (
     Extraction,
-    blocked_knn,
     extraction_ratio,
     extraction_test,
     nearest_neighbour_comparison,
@@ -26,19 +25,6 @@ def brute_force_distances(queries: np.ndarray, reference: np.ndarray) -> np.ndar
     return np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(axis=-1))
 
 
-def test_blocked_knn_matches_brute_force_whatever_the_blocks() -> None:
-    rng = np.random.default_rng(0)
-    queries, reference = rng.normal(size=(7, 6)), rng.normal(size=(20, 6))
-    full = brute_force_distances(queries, reference)
-    expected_index = np.argsort(full, axis=1)[:, :5]
-    for query_block, reference_block in [(3, 4), (7, 20), (1, 1), (100, 100)]:
-        distances, indices = blocked_knn(
-            queries, reference, 5, query_block=query_block, reference_block=reference_block, device=CPU
-        )
-        np.testing.assert_array_equal(indices, expected_index)
-        np.testing.assert_allclose(distances, np.take_along_axis(full, expected_index, axis=1), rtol=1e-9)
-
-
 def test_extraction_ratio_by_hand() -> None:
     distances = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.0, 4.0, 8.0]])
     # 1 / (0.5 * 2) = 1; all-zero neighbourhood -> 0 (a copy); 0 / (0.5 * 4) = 0
@@ -52,15 +38,15 @@ def test_extraction_test_matches_brute_force_and_flags_a_planted_copy() -> None:
     generated = rng.normal(size=(12, 50)).astype(np.float32)
     generated[2] = training[11]  # exact copy
     generated[7] = training[3] + 0.01 * rng.normal(size=50).astype(np.float32)  # near copy
-    result = extraction_test(generated, training, n_neighbours=10, query_block=5, reference_block=16, device=CPU)
+    result = extraction_test(generated, training, n_neighbours=10, memory_budget_bytes=2**16, device=CPU)
 
     full = np.sort(brute_force_distances(generated, training), axis=1)[:, :10]
     expected_score = full[:, 0] / (0.5 * full.mean(axis=1))
-    np.testing.assert_allclose(result.score, expected_score, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(result.score, expected_score, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(result.flagged, expected_score < 1.0)
     assert np.flatnonzero(result.flagged).tolist() == [2, 7]
     assert result.nearest_index[2] == 11 and result.nearest_index[7] == 3
-    assert result.score[2] == pytest.approx(0.0, abs=1e-4)
+    assert result.score[2] == 0.0 and result.nearest_distance[2] == 0.0
     assert result.fraction_flagged == pytest.approx(2 / 12)
 
 
@@ -71,8 +57,10 @@ def test_extraction_test_on_uint8_pixels() -> None:
     generated[4] = training[17]
     result = extraction_test(generated, training, device=CPU, n_neighbours=20)
     assert np.flatnonzero(result.flagged).tolist() == [4]
+    full = np.sort(brute_force_distances(generated, training), axis=1)[:, :20]
+    np.testing.assert_allclose(result.score, full[:, 0] / (0.5 * full.mean(axis=1)), rtol=1e-9)
     assert result.nearest_index[4] == 17
-    assert result.nearest_distance[4] == pytest.approx(0.0, abs=1e-3)
+    assert result.nearest_distance[4] == 0.0
 
 
 def test_copied_training_images_counts_and_json_summary() -> None:
@@ -93,7 +81,7 @@ def test_copied_training_images_counts_and_json_summary() -> None:
 
 
 def test_too_many_neighbours_is_refused() -> None:
-    with pytest.raises(ValueError, match="reference size"):
+    with pytest.raises(ValueError, match="k <= number of references"):
         extraction_test(np.zeros((2, 3)), np.zeros((4, 3)), n_neighbours=5, device=CPU)
 
 
@@ -101,7 +89,7 @@ def test_nearest_neighbour_distances_and_comparison() -> None:
     training = np.array([[0.0, 0.0], [10.0, 0.0]])
     generated = np.array([[1.0, 0.0], [10.0, 2.0], [0.0, 3.0]])
     held_out = np.array([[2.0, 0.0], [10.0, 4.0], [0.0, 6.0]])
-    gen = nearest_neighbour_distances(generated, training, device=CPU)
+    gen = nearest_neighbour_distances(torch.from_numpy(generated), training, device=CPU)
     held = nearest_neighbour_distances(held_out, training, device=CPU)
     np.testing.assert_allclose(gen, [1.0, 2.0, 3.0])
     np.testing.assert_allclose(held, [2.0, 4.0, 6.0])
