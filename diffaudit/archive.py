@@ -70,11 +70,14 @@ def check_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[tuple[zipf
     for info in zf.infolist():
         if _is_symlink(info):
             raise InvalidArchive(f"the zip entry {info.filename!r} is a symbolic link; zip the real files instead")
+        if info.is_dir():
+            continue
+        relative = safe_member_path(info.filename)
         if is_skipped(info.filename):
             continue
         if info.flag_bits & 0x1:
             raise InvalidArchive(f"the zip entry {info.filename!r} is encrypted; upload a zip without a password")
-        members.append((info, safe_member_path(info.filename)))
+        members.append((info, relative))
     if len(members) > limits.max_files:
         raise InvalidArchive(f"the zip holds {len(members):,} files, more than the limit of {limits.max_files:,}")
     declared = sum(info.file_size for info, _ in members)

@@ -4,8 +4,8 @@ from diffaudit.datasets.dataset import Dataset, DatasetInfo, DatasetKind, Invali
 from diffaudit.datasets.ingest import (
     BUILTIN_DATASETS,
     IngestLimits,
+    choose_heldout,
     content_hash,
-    heldout_mask,
     ingest_dataset,
     write_builtin_dataset,
 )
@@ -17,8 +17,8 @@ __all__ = [
     "DatasetKind",
     "IngestLimits",
     "InvalidDataset",
+    "choose_heldout",
     "content_hash",
-    "heldout_mask",
     "ingest_dataset",
     "write_builtin_dataset",
 ]

@@ -34,7 +34,8 @@ from diffaudit.store import ArtifactStore, save_json
 
 BUILTIN_DATASETS = ("digits",)
 MAX_HELDOUT_FRACTION = 0.9
-CHUNK_BYTES = 8 << 20  # bytes of array data held in memory at once
+CHUNK_BYTES = 4 << 20  # bytes of array data held in memory at once
+CHUNK_ROWS = 1 << 16  # labels (int64) handled at once
 NPZ_ARRAYS = ("images", "features", "labels")
 EXAMPLES = 5  # how many offending files an error message names
 
@@ -70,13 +71,13 @@ def ingest_dataset(
         work = Path(tmp)
         try:
             if _is_npz(zf):
-                kind, labels, class_names = _read_npz(zf, work, limits)
+                kind, class_names = _read_npz(zf, work, limits)
             else:
                 zf.close()
-                kind, labels, class_names = _read_image_zip(path, work, limits)
+                kind, class_names = _read_image_zip(path, work, limits)
         except InvalidArchive as exc:
             raise InvalidDataset(str(exc)) from exc
-        return _store_dataset(store, prefix, work, kind, labels, class_names, heldout_fraction, seed)
+        return _store_dataset(store, prefix, work, kind, class_names, heldout_fraction, seed)
 
 
 def write_builtin_dataset(name: str, store: ArtifactStore, prefix: str) -> DatasetInfo:
@@ -87,8 +88,9 @@ def write_builtin_dataset(name: str, store: ArtifactStore, prefix: str) -> Datas
     with tempfile.TemporaryDirectory(prefix="diffaudit-builtin-") as tmp:
         work = Path(tmp)
         np.save(work / array_file("images"), images)
+        np.save(work / LABELS_FILE, labels)
         class_names = [str(d) for d in range(10)]
-        return _store_dataset(store, prefix, work, "images", labels, class_names, heldout_fraction=0.2, seed=0)
+        return _store_dataset(store, prefix, work, "images", class_names, heldout_fraction=0.2, seed=0)
 
 
 def _check_heldout_fraction(heldout_fraction: float) -> None:
@@ -104,10 +106,8 @@ def _is_npz(zf: zipfile.ZipFile) -> bool:
 # ---------------------------------------------------------------- zip of images
 
 
-def _read_image_zip(
-    path: Path, work: Path, limits: IngestLimits
-) -> tuple[DatasetKind, np.ndarray | None, list[str] | None]:
-    """Extract, check and decode a zip of images into work/images.npy; returns labels and class names."""
+def _read_image_zip(path: Path, work: Path, limits: IngestLimits) -> tuple[DatasetKind, list[str] | None]:
+    """Extract, check and decode a zip of images into work/images.npy (and labels.npy); returns the class names."""
     root = work / "extracted"
     files = safe_extract_zip(path, root, limits.archive)
     relative = [PurePosixPath(f.relative_to(root).as_posix()) for f in files]
@@ -115,6 +115,8 @@ def _read_image_zip(
     if not relative:
         raise InvalidDataset("the zip holds no images; add image files (PNG, JPEG, ...)")
     labels, class_names = _labels_from_folders(relative)
+    if labels is not None:
+        np.save(work / LABELS_FILE, labels)
     height, width, channels = _scan_images(files, relative, limits.max_image_side)
     _check_array_bytes(len(files) * height * width * channels, limits)
     out = np.lib.format.open_memmap(
@@ -131,7 +133,7 @@ def _read_image_zip(
     _raise_if_undecodable(undecodable)
     out.flush()
     del out
-    return "images", labels, class_names
+    return "images", class_names
 
 
 def _unwrap_single_folder(paths: list[PurePosixPath]) -> list[PurePosixPath]:
@@ -165,17 +167,26 @@ def _scan_images(files: list[Path], names: list[PurePosixPath], max_side: int) -
     """Read every header: the common (H, W) and the channel count (1 if all greyscale, else 3)."""
     examples: dict[tuple[int, int], list[str]] = defaultdict(list)
     undecodable = []
+    high_depth = []
     all_grey = True
     for file, name in zip(files, names, strict=True):
         try:
             with Image.open(file) as img:
                 width, height = img.size
-                all_grey = all_grey and ImageMode.getmode(img.mode).basemode == "L"
+                mode = img.mode
         except Exception:  # PIL raises many types for a broken file
             undecodable.append(str(name))
             continue
+        if mode in ("I", "F") or mode.startswith("I;"):
+            high_depth.append(str(name))
+        all_grey = all_grey and ImageMode.getmode(mode).basemode == "L"
         examples[(height, width)].append(str(name))
     _raise_if_undecodable(undecodable)
+    if high_depth:
+        shown = ", ".join(f"'{n}'" for n in high_depth[:EXAMPLES])
+        raise InvalidDataset(
+            f"{len(high_depth)} image(s) are 16-bit or float (e.g. {shown}); save them as 8-bit images"
+        )
     if len(examples) > 1:
         found = "; ".join(f"{h}x{w} (e.g. '{same[0]}', {len(same)} files)" for (h, w), same in sorted(examples.items()))
         raise InvalidDataset(f"the images have different sizes: {found}; resize them all to one size")
@@ -203,10 +214,8 @@ def _check_array_bytes(nbytes: int, limits: IngestLimits) -> None:
 # ---------------------------------------------------------------- .npz
 
 
-def _read_npz(
-    zf: zipfile.ZipFile, work: Path, limits: IngestLimits
-) -> tuple[DatasetKind, np.ndarray | None, list[str] | None]:
-    """Check an .npz and copy its arrays in chunks into work/<kind>.npy; returns labels and class names."""
+def _read_npz(zf: zipfile.ZipFile, work: Path, limits: IngestLimits) -> tuple[DatasetKind, list[str] | None]:
+    """Check an .npz and copy its arrays in chunks into work/<kind>.npy (and labels.npy); returns the class names."""
     check_members(zf, limits.archive)
     names = {name.removesuffix(".npy") for name in zf.namelist()}
     unexpected = sorted(names - set(NPZ_ARRAYS))
@@ -220,33 +229,42 @@ def _read_npz(
     shape, dtype = _npy_header(zf, kind)
     out_shape = _check_images_header(shape, dtype, limits) if kind == "images" else _check_features_header(shape, dtype)
     _check_array_bytes(int(np.prod(out_shape)) * (1 if kind == "images" else 4), limits)
-    labels, class_names = _read_npz_labels(zf, out_shape[0]) if "labels" in names else (None, None)
+    class_names = _read_npz_labels(zf, out_shape[0], work / LABELS_FILE) if "labels" in names else None
     out = np.lib.format.open_memmap(
         work / array_file(kind), mode="w+", dtype=np.uint8 if kind == "images" else np.float32, shape=out_shape
     )
     start = 0
     for chunk in _iter_npy_chunks(zf, kind):
-        out[start : start + len(chunk)] = chunk.reshape((len(chunk), *out_shape[1:]))
+        with np.errstate(over="ignore"):  # float64 features beyond float32 become inf, refused just below
+            out[start : start + len(chunk)] = chunk.reshape((len(chunk), *out_shape[1:]))
         start += len(chunk)
     if kind == "features":
         _check_finite(out)
     out.flush()
     del out
-    return kind, labels, class_names
+    return kind, class_names
 
 
-def _read_npz_labels(zf: zipfile.ZipFile, count: int) -> tuple[np.ndarray, list[str]]:
-    """Labels as dense indices 0..K-1 into the sorted distinct label values, which become the class names."""
+def _read_npz_labels(zf: zipfile.ZipFile, count: int, out_path: Path) -> list[str]:
+    """Write labels to out_path as dense indices 0..K-1 into the sorted distinct values, which name the classes."""
     shape, dtype = _npy_header(zf, "labels")
     if dtype.kind not in "iu":
         raise InvalidDataset(f"'labels' must be integers, got {dtype}")
     if shape != (count,):
         raise InvalidDataset(f"'labels' must have shape ({count},), one per item, got {shape}")
-    labels = np.concatenate([chunk.astype(np.int64) for chunk in _iter_npy_chunks(zf, "labels")])
-    if labels.min() < 0:
-        raise InvalidDataset(f"labels must be non-negative integers; found {int(labels.min())}")
-    values, dense = np.unique(labels, return_inverse=True)
-    return dense.astype(np.int64), [str(v) for v in values]
+    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.int64, shape=(count,))
+    values = np.zeros(0, dtype=np.int64)
+    start = 0
+    for chunk in _iter_npy_chunks(zf, "labels"):
+        if chunk.min() < 0:
+            raise InvalidDataset(f"labels must be non-negative integers; found {int(chunk.min())}")
+        out[start : start + len(chunk)] = chunk
+        values = np.union1d(values, chunk)
+        start += len(chunk)
+    for start in range(0, count, CHUNK_ROWS):
+        out[start : start + CHUNK_ROWS] = np.searchsorted(values, out[start : start + CHUNK_ROWS])
+    out.flush()
+    return [str(v) for v in values]
 
 
 def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -345,43 +363,68 @@ def _check_finite(features: np.ndarray) -> None:
 # ---------------------------------------------------------------- held-out split, hash, store
 
 
-def heldout_mask(labels: np.ndarray | None, count: int, heldout_fraction: float, seed: int) -> np.ndarray:
-    """A seeded random choice of round(heldout_fraction * count) items, stratified by label if labelled.
+def choose_heldout(labels: np.ndarray | None, heldout_fraction: float, seed: int, out: np.ndarray) -> None:
+    """Mark in `out` (N,) bool a seeded uniform random choice of round(heldout_fraction * N) items.
 
-    Per class the quota heldout_fraction * n_c is floored and the remaining items go to the
-    classes with the largest fractional parts (ties to the lower class index).
+    Stratified when labelled: class c gets floor(heldout_fraction * n_c) items, and the items
+    left over go to the classes with the largest fractional parts (ties to the lower index).
+    Items are drawn chunk by chunk (the number picked from a chunk is hypergeometric given
+    what is left), which is exactly a uniform subset per class, in memory bounded by the chunk.
     """
+    count = len(out)
     total = round(heldout_fraction * count)
     if count - total < 1:
         raise InvalidDataset(f"heldout_fraction {heldout_fraction} leaves no training item out of {count}; lower it")
     rng = np.random.default_rng(seed)
-    mask = np.zeros(count, dtype=bool)
-    if labels is None:
-        mask[rng.choice(count, size=total, replace=False)] = True
-        return mask
-    class_sizes = np.bincount(labels)
-    quotas = heldout_fraction * class_sizes
-    per_class = np.floor(quotas).astype(np.int64)
-    by_remainder = np.argsort(-(quotas - per_class), kind="stable")
-    per_class[by_remainder[: total - int(per_class.sum())]] += 1
-    for label, size in enumerate(per_class):
-        members = np.flatnonzero(labels == label)
-        mask[rng.choice(members, size=int(size), replace=False)] = True
-    return mask
+    items_left = class_sizes(labels, count)
+    quotas = heldout_fraction * items_left
+    picks_left = np.floor(quotas).astype(np.int64)
+    by_remainder = np.argsort(-(quotas - picks_left), kind="stable")
+    picks_left[by_remainder[: total - int(picks_left.sum())]] += 1
+    for start in range(0, count, CHUNK_ROWS):
+        chunk_labels = _label_chunk(labels, start, min(start + CHUNK_ROWS, count))
+        chosen = np.zeros(len(chunk_labels), dtype=bool)
+        order = np.argsort(chunk_labels, kind="stable")
+        present, firsts, sizes = np.unique(chunk_labels[order], return_index=True, return_counts=True)
+        for label, first, size in zip(present, firsts, sizes, strict=True):
+            picked = rng.hypergeometric(picks_left[label], items_left[label] - picks_left[label], size)
+            chosen[rng.choice(order[first : first + size], size=picked, replace=False)] = True
+            picks_left[label] -= picked
+            items_left[label] -= size
+        out[start : start + len(chosen)] = chosen
+
+
+def _label_chunk(labels: np.ndarray | None, start: int, stop: int) -> np.ndarray:
+    """Labels of items start..stop-1; an unlabelled dataset is one class, 0."""
+    return np.zeros(stop - start, dtype=np.int64) if labels is None else np.asarray(labels[start:stop])
+
+
+def class_sizes(labels: np.ndarray | None, count: int, minlength: int = 0) -> np.ndarray:
+    """Items per class (like np.bincount), counted in chunks; [count] for an unlabelled dataset."""
+    sizes = np.zeros(minlength, dtype=np.int64)
+    for start in range(0, count, CHUNK_ROWS):
+        chunk_sizes = np.bincount(_label_chunk(labels, start, min(start + CHUNK_ROWS, count)))
+        if len(chunk_sizes) > len(sizes):
+            sizes = np.pad(sizes, (0, len(chunk_sizes) - len(sizes)))
+        sizes[: len(chunk_sizes)] += chunk_sizes
+    return sizes
 
 
 def content_hash(kind: DatasetKind, array: np.ndarray, labels: np.ndarray | None, class_names: list[str] | None) -> str:
     """sha256 of the canonical arrays (dtype, shape and bytes) and class names, read in chunks."""
     digest = hashlib.sha256()
-    digest.update(f"{kind} {array.dtype.str} {array.shape}\n".encode())
+    _hash_array(digest, kind, array)
+    if labels is not None and class_names is not None:
+        _hash_array(digest, "labels", labels)
+        digest.update("\n".join(class_names).encode())
+    return digest.hexdigest()
+
+
+def _hash_array(digest: hashlib._Hash, name: str, array: np.ndarray) -> None:
+    digest.update(f"{name} {array.dtype.str} {array.shape}\n".encode())
     rows_per_chunk = max(1, CHUNK_BYTES // max(1, array[:1].nbytes))
     for start in range(0, len(array), rows_per_chunk):
         digest.update(np.ascontiguousarray(array[start : start + rows_per_chunk]).data)
-    if labels is not None and class_names is not None:
-        digest.update(f"labels {labels.dtype.str} {labels.shape}\n".encode())
-        digest.update(np.ascontiguousarray(labels).data)
-        digest.update("\n".join(class_names).encode())
-    return digest.hexdigest()
 
 
 def _store_dataset(
@@ -389,35 +432,35 @@ def _store_dataset(
     prefix: str,
     work: Path,
     kind: DatasetKind,
-    labels: np.ndarray | None,
     class_names: list[str] | None,
     heldout_fraction: float,
     seed: int,
 ) -> DatasetInfo:
-    """Compute the split and hash from work/<kind>.npy, then put the files in the store, meta.json last."""
+    """Choose the split and hash work/<kind>.npy (+ labels.npy), then put the files in the store, meta.json last."""
     prefix = prefix.strip("/")
     if store.exists(f"{prefix}/{META_FILE}"):
         raise InvalidDataset(f"a dataset already exists under '{prefix}'; delete it first")
     array = np.load(work / array_file(kind), mmap_mode="r")
-    heldout = heldout_mask(labels, len(array), heldout_fraction, seed)
+    labels = None if class_names is None else np.load(work / LABELS_FILE, mmap_mode="r")
+    count = len(array)
+    heldout = np.lib.format.open_memmap(work / HELDOUT_FILE, mode="w+", dtype=bool, shape=(count,))
+    choose_heldout(labels, heldout_fraction, seed, heldout)
+    heldout.flush()
     class_counts = None
-    if labels is not None and class_names is not None:
-        class_counts = dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True))
+    if class_names is not None:
+        sizes = class_sizes(labels, count, minlength=len(class_names))
+        class_counts = dict(zip(class_names, sizes.tolist(), strict=True))
     info = DatasetInfo(
         kind=kind,
-        count=len(array),
+        count=count,
         item_shape=tuple(array.shape[1:]),
         content_hash=content_hash(kind, array, labels, class_names),
         class_names=class_names,
         class_counts=class_counts,
-        heldout_count=int(heldout.sum()),
+        heldout_count=int(np.count_nonzero(heldout)),
     )
-    del array
-    np.save(work / HELDOUT_FILE, heldout)
-    files = [array_file(kind), HELDOUT_FILE]
-    if labels is not None:
-        np.save(work / LABELS_FILE, labels.astype(np.int64))
-        files.append(LABELS_FILE)
+    del array, labels, heldout
+    files = [array_file(kind), HELDOUT_FILE] + ([LABELS_FILE] if class_names is not None else [])
     store.delete_prefix(prefix)  # leftovers of an interrupted ingest (no meta.json)
     try:
         for name in files:
