@@ -281,18 +281,18 @@ def _open_member(zf: zipfile.ZipFile, name: str) -> IO[bytes]:
 
 def _read_npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from an .npy stream, leaving the stream at the first data byte."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    unreadable = f"'{name}' in the .npz is not a readable array; save it again with np.savez"
     try:
         version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise InvalidDataset(f"'{name}' uses .npy format version {version}; save it with np.savez")
     except (ValueError, zipfile.BadZipFile, EOFError) as exc:
-        if isinstance(exc, InvalidDataset):
-            raise
-        raise InvalidDataset(f"'{name}' in the .npz is not a readable array; save it again with np.savez") from exc
+        raise InvalidDataset(unreadable) from exc
+    if version not in readers:
+        raise InvalidDataset(f"'{name}' uses .npy format version {version}; save it with np.savez")
+    try:
+        shape, fortran_order, dtype = readers[version](f)
+    except (ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InvalidDataset(unreadable) from exc
     if fortran_order:
         raise InvalidDataset(f"'{name}' is stored in Fortran order; save np.ascontiguousarray({name}) instead")
     if dtype.hasobject or dtype.fields is not None:

@@ -115,6 +115,19 @@ def test_class_folders_inside_one_wrapping_folder_give_sorted_labels(tmp_path, s
     np.testing.assert_array_equal(Dataset.open(store, "ds").labels, [0, 1, 2, 2])
 
 
+def test_one_wrapping_folder_of_loose_images_is_unlabelled(tmp_path, store):
+    path = make_zip(tmp_path / "in.zip", {"photos/a.png": png(rgb()), "photos/b.png": png(rgb())})
+    info = ingest_dataset(path, store, "ds", LIMITS)
+    assert (info.count, info.class_names) == (2, None)
+
+
+def test_refuses_folders_nested_below_the_class_level(tmp_path, store):
+    path = make_zip(tmp_path / "in.zip", {"a/b/1.png": png(rgb()), "c/d/2.png": png(rgb())})
+    with pytest.raises(InvalidDataset, match=re.escape("'a/b/1.png' is nested too deep")):
+        ingest_dataset(path, store, "ds", LIMITS)
+    assert_nothing_stored(store)
+
+
 def test_content_hash_is_independent_of_file_order_and_depends_on_content(tmp_path, store):
     files = {f"c{i % 2}/{i}.png": png(rgb()) for i in range(6)}
     forward = make_zip(tmp_path / "forward.zip", files)
@@ -294,6 +307,30 @@ def test_refuses_a_truncated_npz(tmp_path, store):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(InvalidDataset, match="truncated or corrupt"):
         ingest_dataset(cut, store, "ds", LIMITS)
+    assert_nothing_stored(store)
+
+
+def npz_with_raw_member(path: Path, header_shape: tuple[int, ...], data: bytes) -> Path:
+    """An .npz whose images.npy declares `header_shape` (uint8) but holds `data`."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": header_shape})
+    return make_zip(path, {"images.npy": member.getvalue() + data})
+
+
+@pytest.mark.parametrize(
+    ("rows_held", "message"), [(5, "'images' in the .npz is truncated"), (11, "more data than its header says")]
+)
+def test_refuses_an_npz_member_whose_data_disagrees_with_its_header(tmp_path, store, rows_held, message):
+    path = npz_with_raw_member(tmp_path / "d.npz", (10, 4, 4), bytes(rows_held * 16))
+    with pytest.raises(InvalidDataset, match=message):
+        ingest_dataset(path, store, "ds", LIMITS)
+    assert_nothing_stored(store)
+
+
+def test_refuses_an_npz_member_that_is_not_an_array(tmp_path, store):
+    path = make_zip(tmp_path / "d.npz", {"images.npy": b"definitely not an npy file"})
+    with pytest.raises(InvalidDataset, match=re.escape("'images' in the .npz is not a readable array")):
+        ingest_dataset(path, store, "ds", LIMITS)
     assert_nothing_stored(store)
 
 
