@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 
-import diffaudit
 from app.checkpoints.router import router as checkpoints_router
 from app.datasets.router import router as datasets_router
 from app.datasets.service import ensure_builtin_datasets
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="diffaudit",
-        version=diffaudit.__version__,
+        version=version("diffaudit"),
         description=DESCRIPTION,
         lifespan=lifespan,
     )

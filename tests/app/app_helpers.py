@@ -1,0 +1,68 @@
+"""Helpers shared by the API tests (constants, tiny checkpoints, zips)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from fastapi.testclient import TestClient
+
+TEST_LIMITS = {
+    "max_upload_bytes": 4 * 2**20,
+    "max_archive_files": 40,
+    "max_archive_bytes": 8 * 2**20,
+    "max_image_side": 64,
+}
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+NUM_CLASSES = 10
+
+
+def tiny_unet(num_class_embeds: int | None = NUM_CLASSES) -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def save_pipeline_folder(folder: Path, unet: UNet2DModel) -> Path:
+    """A diffusers pipeline-layout folder: unet/ (config + safetensors) and scheduler/."""
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(folder / "scheduler")
+    return folder
+
+
+def zip_folder(folder: Path, arcroot: str | None = None) -> bytes:
+    """The folder's files as zip bytes, under `arcroot/` when given."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            relative = path.relative_to(folder).as_posix()
+            zf.write(path, f"{arcroot}/{relative}" if arcroot else relative)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class TinyCheckpoint:
+    folder: Path
+    zip_bytes: bytes
+    num_parameters: int
+
+
+def upload_checkpoint(client: TestClient, headers: dict[str, str], data: bytes, name: str = "model.zip") -> Any:
+    return client.post("/v1/checkpoints", headers=headers, files={"file": (name, data, "application/zip")})

@@ -1,0 +1,254 @@
+"""POST/GET /v1/checkpoints: valid uploads, deduplication, server paths, and every way an upload can be bad."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import stat
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from app_helpers import TEST_LIMITS, TinyCheckpoint, upload_checkpoint, zip_folder
+from fastapi.testclient import TestClient
+from safetensors.torch import load_file, save_file
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import Checkpoint
+from diffaudit.store import LocalStore
+
+WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+def checkpoint_rows(session: Session, headers: dict[str, str], client: TestClient) -> int:
+    project_id = client.get("/v1/tokens/current", headers=headers).json()["project_id"]
+    return session.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.project_id == project_id)) or 0
+
+
+def test_upload_validates_and_stores_the_checkpoint(
+    client: TestClient, auth: dict[str, str], tiny_checkpoint: TinyCheckpoint, store: LocalStore
+) -> None:
+    response = upload_checkpoint(client, auth, tiny_checkpoint.zip_bytes)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["id"].startswith("ck_")
+    assert body["name"] == "model"
+    assert body["num_parameters"] == tiny_checkpoint.num_parameters
+    assert (body["sample_size"], body["in_channels"], body["out_channels"]) == (16, 1, 1)
+    assert (body["num_class_embeds"], body["conditioning"], body["source"]) == (10, "class", "upload")
+    assert len(body["content_hash"]) == 64
+    # The single top folder of the zip is unwrapped: the pipeline layout sits right under the id.
+    stored = store.list(f"checkpoints/{body['id']}/")
+    assert f"checkpoints/{body['id']}/{WEIGHTS}" in stored
+    assert f"checkpoints/{body['id']}/scheduler/scheduler_config.json" in stored
+    assert client.get(f"/v1/checkpoints/{body['id']}", headers=auth).json() == body
+    assert [c["id"] for c in client.get("/v1/checkpoints", headers=auth).json()["items"]] == [body["id"]]
+
+
+def test_uploading_the_same_content_returns_the_existing_checkpoint(
+    client: TestClient, auth: dict[str, str], tiny_checkpoint: TinyCheckpoint, store: LocalStore, tmp_path: Path
+) -> None:
+    first = upload_checkpoint(client, auth, tiny_checkpoint.zip_bytes)
+    files_before = store.list("checkpoints/")
+    flat_zip = zip_folder(tiny_checkpoint.folder)  # same files, no top folder
+    again = upload_checkpoint(client, auth, flat_zip, name="again.zip")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert store.list("checkpoints/") == files_before
+
+
+def test_unconditional_checkpoint(
+    client: TestClient, auth: dict[str, str], unconditional_checkpoint: TinyCheckpoint
+) -> None:
+    body = upload_checkpoint(client, auth, unconditional_checkpoint.zip_bytes).json()
+    assert (body["num_class_embeds"], body["conditioning"]) == (None, "none")
+
+
+# --- bad uploads -----------------------------------------------------------------------------------
+
+
+def _zip_with(entries: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return buffer.getvalue()
+
+
+def _modified_checkpoint(folder: Path, tmp: Path, change: Callable[[Path], None]) -> bytes:
+    copy = tmp / "modified"
+    shutil.copytree(folder, copy)
+    change(copy)
+    return zip_folder(copy)
+
+
+def _bad_config(folder: Path) -> None:
+    (folder / "unet/config.json").write_text('{"_class_name": "UNet2DModel", "sample_size": ')
+
+
+def _weights_for_other_config(folder: Path) -> None:
+    config = json.loads((folder / "unet/config.json").read_text())
+    config["block_out_channels"] = [16, 32]
+    (folder / "unet/config.json").write_text(json.dumps(config))
+
+
+def _nan_weights(folder: Path) -> None:
+    state = load_file(folder / WEIGHTS)
+    first = sorted(state)[0]
+    state[first] = torch.full_like(state[first], float("nan"))
+    save_file(state, folder / WEIGHTS)
+
+
+def _pickle_weights(folder: Path) -> None:
+    (folder / WEIGHTS).rename(folder / "unet/diffusion_pytorch_model.bin")
+
+
+CONTENT_CASES = {
+    "config that does not parse": (_bad_config, 422, "not valid JSON"),
+    "weights not matching the config": (_weights_for_other_config, 422, "weights do not match config.json"),
+    "NaN weights": (_nan_weights, 422, "NaN"),
+    "pickle weights": (_pickle_weights, 422, "save_pretrained(new_folder, safe_serialization=True)"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONTENT_CASES))
+def test_bad_checkpoint_content_is_refused_and_nothing_is_kept(
+    case: str,
+    client: TestClient,
+    auth: dict[str, str],
+    tiny_checkpoint: TinyCheckpoint,
+    store: LocalStore,
+    session: Session,
+    tmp_path: Path,
+) -> None:
+    change, status, message = CONTENT_CASES[case]
+    response = upload_checkpoint(client, auth, _modified_checkpoint(tiny_checkpoint.folder, tmp_path, change))
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_checkpoint"
+    assert message in error["message"]
+    assert store.list("checkpoints/") == []
+    assert checkpoint_rows(session, auth, client) == 0
+
+
+ARCHIVE_CASES = {
+    "truncated zip": ("truncated", "truncated or corrupt"),
+    "entry escaping with ../": ({"../evil/config.json": b"{}"}, "outside the archive folder"),
+    "absolute entry": ({"/etc/config.json": b"{}"}, "absolute path"),
+    "symbolic link": ("symlink", "symbolic link"),
+    "too many files": ({f"f{i}.txt": b"x" for i in range(TEST_LIMITS["max_archive_files"] + 1)}, "files, more than"),
+    "too many bytes": ({"big.bin": b"\0" * (TEST_LIMITS["max_archive_bytes"] + 1)}, "more than the limit"),
+}
+
+
+@pytest.mark.parametrize("case", list(ARCHIVE_CASES))
+def test_bad_archive_is_refused_and_nothing_is_kept(
+    case: str,
+    client: TestClient,
+    auth: dict[str, str],
+    tiny_checkpoint: TinyCheckpoint,
+    store: LocalStore,
+    session: Session,
+) -> None:
+    spec, message = ARCHIVE_CASES[case]
+    if spec == "truncated":
+        data = tiny_checkpoint.zip_bytes[: len(tiny_checkpoint.zip_bytes) // 2]
+    elif spec == "symlink":
+        data = _zip_with({"unet/config.json": b"{}"}, symlinks={"unet/diffusion_pytorch_model.safetensors": "/etc"})
+    else:
+        assert isinstance(spec, dict)
+        data = _zip_with(spec)
+    response = upload_checkpoint(client, auth, data)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_archive"
+    assert message in response.json()["error"]["message"]
+    assert store.list("checkpoints/") == []
+    assert checkpoint_rows(session, auth, client) == 0
+
+
+def test_oversized_upload_is_refused_from_its_content_length(
+    make_client: Callable[..., TestClient], auth: dict[str, str], tiny_checkpoint: TinyCheckpoint
+) -> None:
+    client = make_client(max_upload_bytes=1000)
+    response = upload_checkpoint(client, auth, tiny_checkpoint.zip_bytes)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+    assert "1,000 bytes" in response.json()["error"]["message"]
+    assert "DIFFAUDIT_MAX_UPLOAD_BYTES" in response.json()["error"]["message"]
+
+
+def test_oversized_upload_without_content_length_is_cut_off_while_streaming(
+    make_client: Callable[..., TestClient], auth: dict[str, str], tiny_checkpoint: TinyCheckpoint
+) -> None:
+    client = make_client(max_upload_bytes=1000)
+    boundary = "diffauditboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="m.zip"\r\n'
+            "Content-Type: application/zip\r\n\r\n"
+        ).encode()
+        + tiny_checkpoint.zip_bytes
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    def chunks():  # a generator body is sent chunked, without Content-Length
+        for start in range(0, len(body), 4096):
+            yield body[start : start + 4096]
+
+    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = client.post("/v1/checkpoints", headers=headers, content=chunks())
+    assert response.status_code == 413, response.text
+    assert "1,000 bytes" in response.json()["error"]["message"]
+
+
+def test_upload_needs_exactly_one_of_file_or_path(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.post("/v1/checkpoints", headers=auth, data={"name": "x"})
+    assert response.status_code == 400
+    assert "exactly one of `file`" in response.json()["error"]["message"]
+
+
+# --- server-side folders ---------------------------------------------------------------------------
+
+
+def test_server_paths_are_refused_unless_configured(
+    client: TestClient, auth: dict[str, str], tiny_checkpoint: TinyCheckpoint
+) -> None:
+    response = client.post("/v1/checkpoints", headers=auth, data={"path": str(tiny_checkpoint.folder)})
+    assert response.status_code == 403
+    assert "DIFFAUDIT_SERVER_PATHS" in response.json()["error"]["message"]
+
+
+def test_server_path_inside_an_allowed_root_is_registered_in_place(
+    make_client: Callable[..., TestClient], auth: dict[str, str], tiny_checkpoint: TinyCheckpoint
+) -> None:
+    client = make_client(server_paths=[tiny_checkpoint.folder.parent])
+    response = client.post("/v1/checkpoints", headers=auth, data={"path": str(tiny_checkpoint.folder)})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["source"], body["name"], body["num_parameters"]) == (
+        "server_path",
+        "tiny-model",
+        tiny_checkpoint.num_parameters,
+    )
+    assert client.app.state.store.list("checkpoints/") == []  # type: ignore[attr-defined]
+
+
+def test_server_path_outside_the_allowed_roots_is_refused(
+    make_client: Callable[..., TestClient], auth: dict[str, str], tiny_checkpoint: TinyCheckpoint, tmp_path: Path
+) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "link").symlink_to(tiny_checkpoint.folder)  # resolves outside the root
+    client = make_client(server_paths=[allowed])
+    for path in (str(tiny_checkpoint.folder), str(allowed / "link"), str(allowed / ".." / "elsewhere")):
+        response = client.post("/v1/checkpoints", headers=auth, data={"path": path})
+        assert response.status_code == 403, path
+        assert "outside the folders" in response.json()["error"]["message"]
