@@ -1,0 +1,258 @@
+"""alpha-beta guided sampling towards low-density regions (Sehwag et al. Eq. 7, Algorithm 1, App. A.7).
+
+At every step but the last, the guidance direction
+
+    u(x_t) = alpha * Normalize(grad L_g1(x_t, y)) + beta * Normalize(grad L_g2(x_t))
+
+is computed from the guidance classifier (hardness of class y, Eq. 4) and the real/synthetic
+discriminator (Eq. 6), with per-sample unit l-infinity gradients (App. A.4). It enters the sampler:
+
+- DDPM (ancestral): Eq. 7 / Algorithm 1 literally, x_{t-1} = mu + Sigma^{1/2} z + Sigma_theta u, with
+  Sigma_theta the variance of the step's noise (fixed or learned), added after the scheduler's step.
+- every other scheduler (DDIM, PNDM, DPM-Solver, UniPC, DEIS, Euler, Heun, ...): through the predicted noise,
+  as in Dhariwal and Nichol's classifier guidance for DDIM (their Algorithm 2): eps_hat = eps -
+  sqrt(1 - abar_t) u, converted to the checkpoint's prediction type (App. A.7). To first order this moves
+  x_{t-1} by the same beta_t u as the DDPM update.
+
+Algorithm 1 applies no guidance at the last step (s = 0); the DDIM variant follows it.
+
+The guidance is a callable used as a per-step hook by the sampling loop: it receives the model output
+and returns the (possibly adjusted) model output and a shift to add to the scheduler's x_{t-1}.
+With alpha = beta = 0 it changes nothing, and `guided_sample_batches` reproduces
+`diffaudit.checkpoints.sampling.sample_batches` bit for bit (same per-sample generators seed + i).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffaudit.checkpoints.sampling import to_uint8_images
+from diffaudit.guidance.classifier import TimeConditionedCNN
+from diffaudit.guidance.losses import (
+    GradientNorm,
+    discriminator_guidance_loss,
+    hardness_guidance_loss,
+    normalize_gradient,
+)
+from diffaudit.metrics.density import ClassGaussians
+
+# diffusers' UNet2DModel and schedulers (Scheduler subclasses) are opaque to mypy: typed as Any here.
+UNet = Any
+Scheduler = Any
+
+
+class StepGuidance(Protocol):
+    """A per-step hook of the sampling loop: returns (model output to use, shift added to x_{t-1} or None)."""
+
+    def __call__(
+        self,
+        scheduler: Scheduler,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        model_output: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        is_last: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+@dataclass
+class LowDensityGuidance:
+    """Sehwag et al.'s alpha-beta guidance (Eq. 7). Gaussians are keyed by the integer timestep they were fitted at.
+
+    classifier / class_gaussians: embedding network and per-timestep class Gaussians of L_g1 (one class when
+    the checkpoint is unconditional: the unlabelled hardness). discriminator / discriminator_gaussians: the
+    same for L_g2, classes (synthetic, real); may be None when beta = 0. The two networks may be one object.
+    """
+
+    classifier: TimeConditionedCNN
+    class_gaussians: dict[int, ClassGaussians]
+    discriminator: TimeConditionedCNN | None = None
+    discriminator_gaussians: dict[int, ClassGaussians] | None = None
+    alpha: float = 0.5
+    beta: float = 0.5
+    tau: float = 1.0
+    norm: GradientNorm = "linf"
+
+    def __post_init__(self) -> None:
+        if self.beta != 0 and (self.discriminator is None or self.discriminator_gaussians is None):
+            raise ValueError("beta > 0 needs a discriminator and its Gaussians")
+
+    @property
+    def is_active(self) -> bool:
+        return self.alpha != 0 or self.beta != 0
+
+    def direction(self, x_t: torch.Tensor, t: int, labels: torch.Tensor | None) -> torch.Tensor:
+        """u = alpha Normalize(grad L_g1(x_t, y)) + beta Normalize(grad L_g2(x_t)) (Sehwag et al. Algorithm 1)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x_t.detach().clone().requires_grad_(True)
+            timesteps = torch.full((len(x),), t, device=x.device, dtype=torch.int64)
+            terms = []
+            if self.alpha != 0:
+                hardness = (
+                    self.class_gaussians[t]
+                    .to(x.device, x.dtype)
+                    .hardness_all_classes(self.classifier.embed(x, timesteps))
+                )
+                terms.append((self.alpha, hardness_guidance_loss(hardness, labels, self.tau)))
+            if self.beta != 0:
+                assert self.discriminator is not None and self.discriminator_gaussians is not None
+                hardness = (
+                    self.discriminator_gaussians[t]
+                    .to(x.device, x.dtype)
+                    .hardness_all_classes(self.discriminator.embed(x, timesteps))
+                )
+                terms.append((self.beta, discriminator_guidance_loss(hardness, self.tau)))
+            u = torch.zeros_like(x)
+            for weight, loss in terms:
+                (gradient,) = torch.autograd.grad(loss.sum(), x)  # samples are independent: grad of sum = per-sample
+                u = u + weight * normalize_gradient(gradient, self.norm)
+        return u.detach()
+
+    def __call__(
+        self,
+        scheduler: Scheduler,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        model_output: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        is_last: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if is_last or not self.is_active:  # Algorithm 1: s = 0 at the last step
+            return model_output, None
+        u = self.direction(model_input, timestep_index(t), class_labels)
+        if isinstance(scheduler, DDPMScheduler):
+            # Sehwag et al. Eq. 7: + alpha Sigma grad* L_g1 + beta Sigma grad* L_g2, after mu + Sigma^{1/2} z
+            return model_output, ddpm_step_variance(scheduler, t, model_output, model_input) * u
+        return shift_noise_prediction(scheduler, t, model_output, u), None
+
+
+def timestep_index(t: torch.Tensor | float) -> int:
+    """The integer training timestep nearest to a scheduler timestep (some solvers use fractional ones)."""
+    return round(float(t))
+
+
+def ddpm_step_variance(
+    scheduler: Scheduler, t: torch.Tensor, model_output: torch.Tensor, sample: torch.Tensor
+) -> torch.Tensor:
+    """Sigma_theta(x_t, t): the variance of the noise DDPMScheduler.step adds at t (a scalar, or per pixel)."""
+    variance_type = scheduler.config.variance_type
+    predicted_variance = None
+    if model_output.shape[1] == 2 * sample.shape[1] and variance_type in ("learned", "learned_range"):
+        predicted_variance = model_output[:, sample.shape[1] :]
+    value = scheduler._get_variance(t, predicted_variance=predicted_variance)
+    # DDPMScheduler.step scales its noise by: value (fixed_small_log, a std), exp(value / 2) (learned_range,
+    # a log-variance), value ** 0.5 otherwise (a variance).
+    if variance_type == "fixed_small_log":
+        return value**2
+    if variance_type == "learned_range":
+        return torch.exp(value)
+    if variance_type in ("fixed_small", "fixed_large", "learned"):
+        return value
+    raise ValueError(f"DDPM variance_type {variance_type!r} is not supported by guided sampling")
+
+
+def shift_noise_prediction(
+    scheduler: Scheduler, t: torch.Tensor, model_output: torch.Tensor, u: torch.Tensor
+) -> torch.Tensor:
+    """The model output whose implied noise is eps_hat = eps - sqrt(1 - abar_t) u (Dhariwal and Nichol, Alg. 2).
+
+    For v- and x0-prediction the same change of eps at fixed x_t is expressed in the model's output:
+    v = sqrt(abar) eps - sqrt(1 - abar) x0 moves by -sqrt(1 - abar) / sqrt(abar) u; x0 moves by
+    (1 - abar) / sqrt(abar) u. Learned-variance channels are left unchanged.
+    """
+    abar = scheduler.alphas_cumprod[timestep_index(t)].to(model_output.device, model_output.dtype)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        change = -(1 - abar).sqrt() * u
+    elif prediction_type == "v_prediction":
+        change = -(1 - abar).sqrt() / abar.sqrt() * u
+    elif prediction_type == "sample":
+        change = (1 - abar) / abar.sqrt() * u
+    else:
+        raise ValueError(f"prediction_type {prediction_type!r} is not supported by guided sampling")
+    channels = u.shape[1]
+    return torch.cat([model_output[:, :channels] + change, model_output[:, channels:]], dim=1)
+
+
+def guided_denoise(
+    unet: UNet,
+    scheduler: Scheduler,
+    *,
+    seeds: list[int],
+    steps: int,
+    class_labels: torch.Tensor | None,
+    device: torch.device,
+    guidance: StepGuidance | None,
+) -> torch.Tensor:
+    """One batch through the reverse process with a guidance hook; the loop of checkpoints.sampling.denoise."""
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    size = unet.config.sample_size
+    shape = (len(seeds), unet.config.in_channels, size, size)
+    scheduler.set_timesteps(steps, device=device)
+    x = randn_tensor(shape, generator=generators, device=device, dtype=unet.dtype) * scheduler.init_noise_sigma
+    stochastic = "generator" in inspect.signature(scheduler.step).parameters
+    step_options = {"generator": generators} if stochastic else {}
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(x, t)
+        with torch.inference_mode():
+            model_output = unet(model_input, t, class_labels=class_labels).sample
+        shift = None
+        if guidance is not None:
+            model_output, shift = guidance(
+                scheduler, model_input, t, model_output, class_labels, i == len(timesteps) - 1
+            )
+        x = scheduler.step(model_output, t, x, **step_options).prev_sample
+        if shift is not None:
+            x = x + shift
+    return x
+
+
+def guided_sample_batches(
+    unet: UNet,
+    scheduler: Scheduler,
+    guidance: StepGuidance | None,
+    *,
+    n: int,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    class_labels: np.ndarray | None,
+    device: torch.device,
+    start: int = 0,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Guided samples start..n-1 in batches, yielding (first index, uint8 NHWC images) like sample_batches.
+
+    Sample i uses the noise of seed + i, so guided sample i and baseline sample i start from the same x_T and,
+    for stochastic schedulers, see the same z at every step. A class-conditional checkpoint generates class
+    class_labels[i], and the guidance pushes it towards the low-density part of that class.
+    """
+    for first in range(start, n, batch_size):
+        count = min(batch_size, n - first)
+        labels = None
+        if class_labels is not None:
+            labels = torch.as_tensor(class_labels[first : first + count], dtype=torch.long, device=device)
+        x = guided_denoise(
+            unet,
+            scheduler,
+            seeds=[seed + i for i in range(first, first + count)],
+            steps=steps,
+            class_labels=labels,
+            device=device,
+            guidance=guidance,
+        )
+        yield first, to_uint8_images(x)
+
+
+def guidance_timesteps(scheduler: Scheduler, steps: int) -> list[int]:
+    """The integer timesteps at which a sampler with `steps` steps calls the guidance (Gaussians to fit)."""
+    scheduler.set_timesteps(steps)
+    return sorted({timestep_index(t) for t in scheduler.timesteps})
