@@ -1,0 +1,170 @@
+"""Feature extractors: uint8 image batches in, float32 feature vectors out.
+
+An extractor maps a uint8 NHWC batch (C = 1 or 3) to float32 features (B, dim), in eval
+mode, without gradients, on its own device. Every image is processed independently of the
+others in its batch, so features never depend on the batch size (a known pitfall of
+evaluation tools). Its `cache_key()` identifies the features it computes: the same name,
+weights (or seed) and preprocessing give the same key, and training-set features are cached
+under it (diffaudit.features.cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_images(images: np.ndarray) -> None:
+    """Refuse anything but a uint8 NHWC batch with 1 or 3 channels."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise ValueError(
+            f"extractors take uint8 images of shape (batch, height, width, 1 or 3); got {images.dtype} {images.shape}"
+        )
+
+
+class Extractor(ABC):
+    """What every extractor declares about itself, and the call that computes features.
+
+    `weights_sha256` is the sha256 of the weights (None: no weights, see `seed`); `seed` is the
+    seed of a random initialisation (None when weights were loaded or nothing is random);
+    `dim` is the feature dimension (None only for `pixels`, whose dimension is H*W*C of its
+    input); `layer` names the layer whose output is the feature vector.
+    """
+
+    name: str
+    dim: int | None
+    weights_sha256: str | None
+    seed: int | None
+    preprocessing: str
+    layer: str
+
+    def cache_key(self) -> str:
+        """sha256 over everything that determines the features: name, layer, weights or seed, preprocessing."""
+        identity = {
+            "name": self.name,
+            "layer": self.layer,
+            "weights_sha256": self.weights_sha256,
+            "seed": self.seed,
+            "preprocessing": self.preprocessing,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def random_init(self) -> bool:
+        """True when the features come from a seeded random initialisation rather than trained weights."""
+        return self.weights_sha256 is None and self.seed is not None
+
+    def output_dim(self, image_shape: tuple[int, ...]) -> int:
+        """The feature dimension for images of shape (H, W, C)."""
+        assert self.dim is not None
+        return self.dim
+
+    @abstractmethod
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+class PixelExtractor(Extractor):
+    """Flattened pixels scaled to [0, 1]: no network, no weights."""
+
+    name = "pixels"
+    dim = None
+    weights_sha256 = None
+    seed = None
+    preprocessing = "uint8 NHWC divided by 255 (values in [0, 1]), flattened in H, W, C order; no resize, channels kept"
+    layer = "input"
+
+    def output_dim(self, image_shape: tuple[int, ...]) -> int:
+        return int(np.prod(image_shape))
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        check_images(images)
+        return images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
+
+
+class NetworkExtractor(Extractor):
+    """A torch network on a fixed square input: resize, normalise, forward, flatten."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        network: nn.Module,
+        dim: int,
+        layer: str,
+        input_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        weights_sha256: str | None,
+        seed: int | None,
+        device: torch.device,
+    ) -> None:
+        self.name = name
+        self.network = network.to(device).eval().requires_grad_(False)
+        self.dim = dim
+        self.layer = layer
+        self.input_size = input_size
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.weights_sha256 = weights_sha256
+        self.seed = None if weights_sha256 else seed
+        self.device = device
+        self.preprocessing = (
+            f"uint8 NHWC divided by 255; greyscale repeated to 3 channels; bilinear resize "
+            f"(align_corners=False, antialias=True) to {input_size}x{input_size} without cropping; "
+            f"normalised per channel with mean={tuple(mean)} std={tuple(std)}"
+        )
+
+    def network_input(self, images: np.ndarray) -> torch.Tensor:
+        """The preprocessing described by `self.preprocessing`, as a float NCHW tensor on the device."""
+        check_images(images)
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[2:] != (self.input_size, self.input_size):
+            size = (self.input_size, self.input_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.mean) / self.std
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.network(self.network_input(images)).flatten(1)
+        if out.shape[1] != self.dim:
+            raise RuntimeError(f"{self.name} produced {out.shape[1]} features, expected {self.dim}")
+        return out.float().cpu().numpy()
+
+
+RANDOM_CNN_SIZE = 32
+RANDOM_CNN_DIM = 256
+
+
+def random_cnn() -> nn.Sequential:
+    """A small conv net for random-init features: 32x32x3 -> 16 channels on a 4x4 grid, flattened (256).
+
+    The last conv has no ReLU (a random projection of the layer before) and the spatial grid
+    is kept rather than pooled, so the features still say where strokes are. Initialised
+    from the global torch RNG (kaiming-normal weights, zero biases): seed it before calling.
+    """
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 16, 3, stride=2, padding=1),
+        nn.Flatten(),
+    )
+    for module in net:
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)  # type: ignore[arg-type]
+    return net

@@ -1,0 +1,326 @@
+"""The extractor registry: names -> extractors, with local weights or a seeded random init.
+
+Weights are only ever read from local files (`.safetensors` preferred; `.pth`/`.pt`/`.bin`
+through `torch.load(weights_only=True)`), and their sha256 goes into the extractor's cache
+key. Without weights a network is initialised from `seed` (the IRS supplement, Sec. 14,
+finds a randomly initialised Inception-v3 the most diversity-preserving extractor). Nothing
+is downloaded, except a timm `hf-hub:` model when the caller passes allow_downloads=True
+(the worker's DIFFAUDIT_ALLOW_DOWNLOADS setting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from diffaudit.device import pick_device
+from diffaudit.features.extractors import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RANDOM_CNN_DIM,
+    RANDOM_CNN_SIZE,
+    Extractor,
+    NetworkExtractor,
+    PixelExtractor,
+    random_cnn,
+)
+
+TIMM_PREFIX = "timm:"
+HUB_PREFIX = "hf-hub:"
+DOWNLOADS_SETTING = "DIFFAUDIT_ALLOW_DOWNLOADS"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+class UnknownExtractor(ValueError):
+    """No extractor has this name."""
+
+
+class InvalidWeights(ValueError):
+    """The weights cannot be used (missing, unreadable, remote, or not for this model); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class TorchvisionModel:
+    """A torchvision classifier and the layer of it used as the feature vector."""
+
+    build: Callable[[], nn.Module]  # the full classifier, randomly initialised from the global torch RNG
+    feature_network: Callable[[nn.Module], nn.Module]  # the full classifier cut at `layer`
+    layer: str
+    dim: int
+    input_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+def _pooled_squeezenet(model: nn.Module) -> nn.Module:
+    return nn.Sequential(model.get_submodule("features"), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _without_last_linear(model: nn.Module) -> nn.Module:
+    classifier = model.get_submodule("classifier")
+    assert isinstance(classifier, nn.Sequential)
+    model.classifier = classifier[:-1]
+    return model
+
+
+def _without_head(attribute: str) -> Callable[[nn.Module], nn.Module]:
+    def cut(model: nn.Module) -> nn.Module:
+        setattr(model, attribute, nn.Identity())
+        return model
+
+    return cut
+
+
+FC7_LAYER = "classifier without its last Linear: fc7 after ReLU"
+TORCHVISION_MODELS: dict[str, TorchvisionModel] = {
+    "squeezenet1_1": TorchvisionModel(
+        lambda: tvm.squeezenet1_1(weights=None),
+        _pooled_squeezenet,
+        "features (after the last Fire module), global average pooled",
+        512,
+    ),
+    "vgg16": TorchvisionModel(
+        lambda: tvm.vgg16(weights=None),
+        _without_last_linear,
+        "classifier without its last Linear: fc7 after ReLU",
+        4096,
+    ),
+    "alexnet": TorchvisionModel(
+        lambda: tvm.alexnet(weights=None),
+        _without_last_linear,
+        "classifier without its last Linear: fc7 after ReLU",
+        4096,
+    ),
+    "efficientnet_b7": TorchvisionModel(
+        lambda: tvm.efficientnet_b7(weights=None),
+        _without_head("classifier"),
+        "avgpool: global average pool of the last conv stage (before dropout and the classifier)",
+        2560,
+    ),
+    "inception_v3": TorchvisionModel(
+        # aux_logits kept so torchvision's state dicts load strictly (the aux head does not run in eval mode);
+        # transform_input=False because the [-1, 1] normalisation it performs is done here through mean/std.
+        lambda: tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, transform_input=False),
+        _without_head("fc"),
+        "avgpool: global average pool of Mixed_7c (before dropout and fc)",
+        2048,
+        input_size=299,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
+    "resnet18": TorchvisionModel(
+        lambda: tvm.resnet18(weights=None),
+        _without_head("fc"),
+        "avgpool: global average pool of layer4 (before fc)",
+        512,
+    ),
+}
+
+
+def available_extractors() -> list[str]:
+    """Every fixed name; any timm model is also available as 'timm:<model_name>'."""
+    return ["pixels", "random-cnn", *TORCHVISION_MODELS]
+
+
+def create_extractor(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    seed: int = 0,
+    device: torch.device | None = None,
+    allow_downloads: bool = False,
+) -> Extractor:
+    """The extractor called `name`, with weights from a local file or (weights=None) initialised from `seed`."""
+    device = device or pick_device()
+    if name == "pixels":
+        _refuse_weights(name, weights)
+        return PixelExtractor()
+    if name == "random-cnn":
+        _refuse_weights(name, weights)
+        return NetworkExtractor(
+            name=name,
+            network=seeded(random_cnn, seed),
+            dim=RANDOM_CNN_DIM,
+            layer="last conv (no ReLU), 16 channels on a 4x4 grid, flattened",
+            input_size=RANDOM_CNN_SIZE,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            weights_sha256=None,
+            seed=seed,
+            device=device,
+        )
+    if name in TORCHVISION_MODELS:
+        return _torchvision_extractor(name, weights, seed, device)
+    if name.startswith(TIMM_PREFIX):
+        return _timm_extractor(name.removeprefix(TIMM_PREFIX), weights, seed, device, allow_downloads)
+    raise UnknownExtractor(f"unknown extractor {name!r}; choose one of {available_extractors()} or 'timm:<model_name>'")
+
+
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Call `build` with the CPU torch RNG seeded, leaving the global RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _refuse_weights(name: str, weights: str | Path | None) -> None:
+    if weights is not None:
+        raise InvalidWeights(f"extractor {name!r} takes no weights; remove weights or choose a pretrained extractor")
+
+
+def _torchvision_extractor(name: str, weights: str | Path | None, seed: int, device: torch.device) -> Extractor:
+    model = TORCHVISION_MODELS[name]
+    network = seeded(model.build, seed)
+    weights_sha256 = None
+    if weights is not None:
+        path = local_weights_path(weights)
+        state_dict = read_state_dict(path)
+        try:
+            network.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            raise InvalidWeights(
+                f"{path} does not fit torchvision's {name}: {_shorten(exc)}. Give the state dict of "
+                f"torchvision.models.{name} (1000 classes), e.g. saved with safetensors.torch.save_file"
+            ) from exc
+        weights_sha256 = file_sha256(path)
+    return NetworkExtractor(
+        name=name,
+        network=model.feature_network(network),
+        dim=model.dim,
+        layer=model.layer,
+        input_size=model.input_size,
+        mean=model.mean,
+        std=model.std,
+        weights_sha256=weights_sha256,
+        seed=seed,
+        device=device,
+    )
+
+
+def _timm_extractor(
+    model_name: str, weights: str | Path | None, seed: int, device: torch.device, allow_downloads: bool
+) -> Extractor:
+    import timm
+
+    network: Any  # a timm model: pretrained_cfg, num_features and head_hidden_size are timm attributes
+    weights_sha256 = None
+    if model_name.startswith(HUB_PREFIX):
+        if not allow_downloads:
+            raise InvalidWeights(
+                f"timm:{model_name} would download weights from the Hugging Face hub, and downloads are disabled; "
+                f"set {DOWNLOADS_SETTING}=1 on the worker, or save the weights to a local file and use "
+                f"timm:<architecture> with that file as weights"
+            )
+        _refuse_weights(f"{TIMM_PREFIX}{model_name}", weights)
+        network = timm.create_model(model_name, pretrained=True, num_classes=0)
+        weights_sha256 = state_dict_sha256(network)
+    elif not timm.is_model(model_name):
+        raise UnknownExtractor(f"timm has no model {model_name!r}; see timm.list_models()")
+    elif weights is None:
+        network = seeded(lambda: timm.create_model(model_name, pretrained=False, num_classes=0), seed)
+    else:
+        path = local_weights_path(weights)
+        network = _timm_from_file(model_name, path)
+        weights_sha256 = file_sha256(path)
+    cfg: dict[str, Any] = network.pretrained_cfg
+    return NetworkExtractor(
+        name=f"{TIMM_PREFIX}{model_name}",
+        network=network,
+        dim=int(getattr(network, "head_hidden_size", None) or network.num_features),
+        layer="timm model with num_classes=0: its pooled pre-logits features",
+        input_size=int(cfg["input_size"][-1]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        weights_sha256=weights_sha256,
+        seed=seed,
+        device=device,
+    )
+
+
+def _timm_from_file(model_name: str, path: Path) -> nn.Module:
+    """timm's own loading from a local file, after checking the file covers every weight of the model."""
+    import timm
+
+    state_dict = read_state_dict(path)
+    skeleton = timm.create_model(model_name, pretrained=False, num_classes=0)
+    missing = sorted(set(skeleton.state_dict()) - set(state_dict))
+    if missing:
+        raise InvalidWeights(
+            f"{path} lacks {len(missing)} weights of timm's {model_name} (e.g. {missing[:3]}); "
+            f"give the state dict of timm.create_model({model_name!r})"
+        )
+    try:
+        return timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
+    except RuntimeError as exc:
+        raise InvalidWeights(f"{path} does not fit timm's {model_name}: {_shorten(exc)}") from exc
+
+
+def local_weights_path(weights: str | Path) -> Path:
+    """The weights as an existing local file with a known extension, or InvalidWeights saying what is wrong."""
+    text = str(weights)
+    if text.startswith(HUB_PREFIX) or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        raise InvalidWeights(
+            f"weights {text!r} is a remote reference; weights are read only from local files on the worker "
+            f"(for a timm hub model use the extractor 'timm:hf-hub:<repo>' with {DOWNLOADS_SETTING}=1)"
+        )
+    path = Path(weights)
+    if not path.is_file():
+        raise InvalidWeights(f"weights file {path} does not exist on the worker; give the path of a local file")
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise InvalidWeights(f"weights file {path} has an unknown format; use one of {list(WEIGHT_SUFFIXES)}")
+    return path
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors (safetensors) or .pth/.pt/.bin (torch.load, weights_only=True)."""
+    try:
+        state_dict = _load_tensors(path)
+    except Exception as exc:  # a damaged or foreign file can fail in many ways; all mean the same to the user
+        raise InvalidWeights(
+            f"{path} is not a readable {path.suffix} weights file ({type(exc).__name__}: {_shorten(exc)}); "
+            f"save weights with safetensors.torch.save_file(model.state_dict(), path)"
+        ) from exc
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise InvalidWeights(
+            f"{path} holds a {type(state_dict).__name__} that is not a state dict of tensors; "
+            f"save model.state_dict() itself, not a training checkpoint around it"
+        )
+    return state_dict
+
+
+def _load_tensors(path: Path) -> Any:
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(network: nn.Module) -> str:
+    """sha256 over parameter names, dtypes, shapes and values (for weights that did not come from a local file)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(network.state_dict().items()):
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _shorten(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."

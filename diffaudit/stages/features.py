@@ -1,0 +1,83 @@
+"""The `features` stage: embed the generated samples and (through the shared cache) the training set.
+
+Reads `sample/images.npy` from the job, writes `features/generated.npy` to it, and makes sure the
+training-set features exist in the content-addressed cache (diffaudit.features.cache), where later
+stages find them under the summary's `training_features_key`. A dataset of kind "features" brings
+its own training embeddings; the generated samples must then be embedded by the same extractor,
+which can only be checked through the dimension.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from diffaudit.features.cache import ReportFn, extract_features, training_features, training_features_key
+from diffaudit.features.extractors import Extractor
+from diffaudit.features.registry import create_extractor
+from diffaudit.pipeline import Queue, StageContext
+from diffaudit.store import load_array
+
+SAMPLES_KEY = "sample/images.npy"
+GENERATED_KEY = "features/generated.npy"
+
+
+class FeaturesStage:
+    name = "features"
+    queue: Queue = "gpu"
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        spec = ctx.spec.features
+        extractor = create_extractor(spec.extractor, weights=spec.weights, seed=spec.seed, device=ctx.device)
+        samples = load_array(ctx.job, SAMPLES_KEY)
+        dataset = ctx.dataset
+        user_features = dataset.info.kind == "features"
+        if user_features:
+            check_feature_dims(extractor, samples.shape[1:], dataset.info.item_shape[0])
+        key = training_features_key(dataset, extractor)
+        training_cache_hit = not user_features and ctx.cache.exists(key)
+        total = len(samples) + (0 if user_features or training_cache_hit else dataset.info.count)
+
+        if not ctx.job.exists(GENERATED_KEY):  # kept from an interrupted run of this job
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "generated.npy"
+                batches = (samples[i : i + spec.batch_size] for i in range(0, len(samples), spec.batch_size))
+                extract_features(extractor, batches, len(samples), path, _progress(ctx, 0, total))
+                ctx.job.put_file(GENERATED_KEY, path)
+        generated = load_array(ctx.job, GENERATED_KEY)
+        training_features(dataset, extractor, ctx.cache, spec.batch_size, _progress(ctx, len(samples), total))
+        return {
+            "extractor": extractor.name,
+            "dim": int(generated.shape[1]),
+            "weights_sha256": extractor.weights_sha256,
+            "random_init": extractor.random_init,
+            "preprocessing": extractor.preprocessing,
+            "layer": extractor.layer,
+            "cache_key": extractor.cache_key(),
+            "training_features_key": None if user_features else key,
+            "training_cache_hit": training_cache_hit,
+            "n_generated": len(generated),
+            "n_dataset": int(dataset.info.count),
+        }
+
+
+def check_feature_dims(extractor: Extractor, image_shape: tuple[int, ...], dataset_dim: int) -> None:
+    """The generated samples' features must have the dimension of the dataset's own features."""
+    dim = extractor.output_dim(image_shape)
+    if dim != dataset_dim:
+        raise ValueError(
+            f"the dataset holds {dataset_dim}-dimensional features but extractor {extractor.name!r} gives "
+            f"{dim}-dimensional ones; set features.extractor (and features.weights) to the extractor that "
+            f"produced the dataset's features, so that generated and training features are comparable"
+        )
+
+
+def _progress(ctx: StageContext, offset: int, total: int) -> ReportFn:
+    """Report progress over the whole stage and stop if the job was cancelled."""
+
+    def report(done: int, _count: int) -> None:
+        ctx.check_cancelled()
+        ctx.report(offset + done, total)
+
+    return report
