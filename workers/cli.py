@@ -41,8 +41,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from app.db import session_scope
     from app.tokens.service import create_token
+    from workers.db import session_scope
 
     with session_scope() as session:
         print(create_token(session, args.project))
@@ -50,20 +50,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    upgrade_database()
+    from app.db import upgrade_database
+    from app.settings import get_settings
+
+    upgrade_database(get_settings().database_url)
     print("database at head")
     return 0
-
-
-def upgrade_database() -> None:
-    """`alembic upgrade head` on the configured database (the only way tables are made)."""
-    from alembic import command
-    from alembic.config import Config
-
-    root = Path(__file__).resolve().parent.parent
-    config = Config(str(root / "alembic.ini"))
-    config.set_main_option("script_location", str(root / "alembic"))
-    command.upgrade(config, "head")
 
 
 def free_port() -> int:
@@ -91,15 +83,16 @@ DEMO_SPEC: dict[str, Any] = {"sample": {"n": 256, "steps": 50, "batch_size": 64}
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train (or reuse) the demo model, serve the embedded deployment, evaluate the model over HTTP."""
-    from app.db import session_scope
+    from app.db import upgrade_database
     from app.settings import get_settings
     from app.tokens.service import create_token
     from diffaudit.cli import print_outcome
     from diffaudit.client import Client
     from diffaudit.demo import ensure_demo_model
+    from workers.db import session_scope
 
     settings = get_settings()
-    upgrade_database()
+    upgrade_database(settings.database_url)
     model = ensure_demo_model("digits", Path(settings.demo_model_dir), progress=True)
     with session_scope() as session:
         token = create_token(session, "demo")

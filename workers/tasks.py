@@ -12,11 +12,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from app.db import session_scope
+from app.checkpoints.service import checkpoint_dir
+from app.datasets.service import store_prefix as dataset_prefix
 from app.evaluations import service
+from app.evaluations.service import job_prefix
+from app.models import (
+    CANCELLED,
+    FAILED,
+    REJECTED,
+    RUNNING,
+    STAGE_DONE,
+    SUCCEEDED,
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Evaluation,
+)
 from app.queue import enqueue
 from app.settings import get_settings, make_store
 from diffaudit import pipeline
@@ -25,10 +37,10 @@ from diffaudit.device import configure_threads, pick_device
 from diffaudit.spec import EvaluationSpec
 from diffaudit.store import ArtifactStore, ScopedStore
 from workers.celery_app import celery_app
+from workers.db import session_scope
 
 log = logging.getLogger(__name__)
 
-TERMINAL = {"succeeded", "rejected", "failed", "cancelled"}
 # Core errors that describe bad input or a bad request: the job fails with their message, no retry.
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, KeyError)
 MAX_RETRIES = 2
@@ -39,10 +51,10 @@ def run_evaluation(evaluation_id: str) -> None:
     """Start or resume a job: send its first unfinished stage to that stage's queue."""
     with session_scope() as session:
         job = service.load_job(session, evaluation_id)
-        if job.status in TERMINAL:
+        if job.status in TERMINAL_STATUSES:
             return
         spec = EvaluationSpec.model_validate(job.spec)
-        done = {s.name for s in job.stages if s.status == "done"}
+        done = _done_stages(job)
     _send_next_stage(evaluation_id, spec, done)
 
 
@@ -52,15 +64,14 @@ def run_evaluation(evaluation_id: str) -> None:
 def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
     """Run one stage of a job, record it, and send the next one (or finish the job)."""
     with session_scope() as session:
-        job = service.load_job(session, evaluation_id)
-        if job.status in TERMINAL:
-            return
         if service.is_cancel_requested(session, evaluation_id):
-            service.finish(session, evaluation_id, "cancelled")
+            service.finish(session, evaluation_id, CANCELLED)
+            return
+        job = service.mark_running(session, evaluation_id)
+        if job.status != RUNNING:
             return
         spec = EvaluationSpec.model_validate(job.spec)
-        checkpoint_id, dataset_id = job.checkpoint_id, job.dataset_id
-        service.mark_running(session, evaluation_id)
+        checkpoint, dataset_id = session.get(Checkpoint, job.checkpoint_id), job.dataset_id
         service.mark_stage_started(session, evaluation_id, stage)
 
     settings = get_settings()
@@ -69,9 +80,9 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
     try:
         ctx = pipeline.StageContext(
             spec=spec,
-            checkpoint_dir=materialize_folder(store, f"checkpoints/{checkpoint_id}"),
-            dataset=Dataset.open(store, f"datasets/{dataset_id}"),
-            job=ScopedStore(store, f"evaluations/{evaluation_id}"),
+            checkpoint_dir=checkpoint_dir(store, checkpoint),
+            dataset=Dataset.open(store, dataset_prefix(dataset_id)),
+            job=ScopedStore(store, job_prefix(evaluation_id)),
             cache=ScopedStore(store, "cache"),
             device=pick_device(settings.device),
             results=_finished_results(evaluation_id, spec, store),
@@ -82,16 +93,16 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
     except pipeline.Rejected as rejection:
         with session_scope() as session:
             results = {**pipeline.results_document(spec, ctx.results), "rejection": rejection.evidence}
-            service.finish(session, evaluation_id, "rejected", results=results, error=rejection.reason)
+            service.finish(session, evaluation_id, REJECTED, results=results, error=rejection.reason)
         return
     except pipeline.Cancelled:
         with session_scope() as session:
-            service.finish(session, evaluation_id, "cancelled")
+            service.finish(session, evaluation_id, CANCELLED)
         return
     except USER_ERRORS as exc:
         log.info("evaluation %s failed in stage %s: %s", evaluation_id, stage, exc)
         with session_scope() as session:
-            service.finish(session, evaluation_id, "failed", error=f"stage {stage}: {exc}")
+            service.finish(session, evaluation_id, FAILED, error=f"stage {stage}: {exc}")
         return
     except Exception as exc:
         if self.request.retries < MAX_RETRIES:
@@ -99,18 +110,21 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
             raise self.retry(exc=exc, countdown=5) from exc
         with session_scope() as session:
             message = f"stage {stage} failed after {MAX_RETRIES + 1} attempts: {type(exc).__name__}: {exc}"
-            service.finish(session, evaluation_id, "failed", error=message)
+            service.finish(session, evaluation_id, FAILED, error=message)
         return
 
     with session_scope() as session:
         service.record_stage_done(session, evaluation_id, stage, summary)
-        done = {s.name for s in service.load_job(session, evaluation_id).stages if s.status == "done"}
+        done = _done_stages(service.load_job(session, evaluation_id))
     if set(spec.stages) <= done:
         with session_scope() as session:
-            results = pipeline.results_document(spec, ctx.results)
-            service.finish(session, evaluation_id, "succeeded", results=results)
+            service.finish(session, evaluation_id, SUCCEEDED, results=pipeline.results_document(spec, ctx.results))
     else:
         _send_next_stage(evaluation_id, spec, done)
+
+
+def _done_stages(job: Evaluation) -> set[str]:
+    return {stage.name for stage in job.stages if stage.status == STAGE_DONE}
 
 
 def _send_next_stage(evaluation_id: str, spec: EvaluationSpec, done: set[str]) -> None:
@@ -119,18 +133,7 @@ def _send_next_stage(evaluation_id: str, spec: EvaluationSpec, done: set[str]) -
 
 
 def _finished_results(evaluation_id: str, spec: EvaluationSpec, store: ArtifactStore) -> dict[str, Any]:
-    return pipeline.finished_results(spec, ScopedStore(store, f"evaluations/{evaluation_id}"))
-
-
-def materialize_folder(store: ArtifactStore, prefix: str) -> Path:
-    """A local folder holding every file under `prefix` (the store's own folder, or a download cache)."""
-    keys = store.list(prefix + "/")
-    if not keys:
-        raise FileNotFoundError(f"nothing stored under {prefix}")
-    for key in keys:
-        last = store.local_path(key)
-    depth = keys[-1][len(prefix) + 1 :].count("/") + 1
-    return last.parents[depth - 1]
+    return pipeline.finished_results(spec, ScopedStore(store, job_prefix(evaluation_id)))
 
 
 def _record_progress(evaluation_id: str, stage: str, done: int, total: int) -> None:
