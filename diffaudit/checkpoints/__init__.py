@@ -1,0 +1,25 @@
+"""Load a diffusers checkpoint safely (safetensors only), schedulers, and the sampling loop."""
+
+from diffaudit.checkpoints.loading import (
+    Checkpoint,
+    CheckpointInfo,
+    InvalidCheckpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    validate_checkpoint_dir,
+)
+from diffaudit.checkpoints.sampling import class_labels_for, sample_batches
+from diffaudit.checkpoints.schedulers import SCHEDULERS, make_scheduler
+
+__all__ = [
+    "SCHEDULERS",
+    "Checkpoint",
+    "CheckpointInfo",
+    "InvalidCheckpoint",
+    "class_labels_for",
+    "load_checkpoint",
+    "make_scheduler",
+    "resolve_checkpoint",
+    "sample_batches",
+    "validate_checkpoint_dir",
+]
