@@ -124,26 +124,18 @@ class SequentialRule(_Rule):
         super().__init__(n_train, n_planned, target, alpha_e)
         self.schedule = sequential_schedule(n_train, n_planned, target, alpha_e)
         self.next_look = 0
+        self.last_tested: Decision | None = None
 
     def _decide(self, start: int, distinct: np.ndarray) -> Decision:
-        decision = None
+        look, k = None, self.counter.distinct
         while self.next_look < len(self.schedule) and self.schedule[self.next_look]["samples"] <= self.counter.samples:
             look = self.schedule[self.next_look]
-            n = look["samples"]
-            k = int(distinct[n - start - 1])
-            decision = Decision(
-                rule=self.name,
-                reject=k <= look["threshold"],
-                samples_drawn=n,
-                distinct=k,
-                duplicates=n - k,
-                threshold=look["threshold"],
-                probability=occupancy_cdf(k, n, self.target_distinct),
-                alpha=look["alpha"],
-            )
+            k = int(distinct[look["samples"] - start - 1])
             self.next_look += 1
-            if decision.reject:
-                return decision
+            if k <= look["threshold"]:
+                return self._at_look(look, k, reject=True)
+        if look is not None:
+            self.last_tested = self._at_look(look, k, reject=False)
         n, k = self.counter.samples, self.counter.distinct
         upcoming = self.schedule[min(self.next_look, len(self.schedule) - 1)]
         return Decision(
@@ -152,9 +144,22 @@ class SequentialRule(_Rule):
             samples_drawn=n,
             distinct=k,
             duplicates=n - k,
-            threshold=decision.threshold if decision else upcoming["threshold"],
-            probability=decision.probability if decision else None,
-            alpha=decision.alpha if decision else upcoming["alpha"],
+            threshold=self.last_tested.threshold if self.last_tested else upcoming["threshold"],
+            probability=self.last_tested.probability if self.last_tested else None,
+            alpha=self.last_tested.alpha if self.last_tested else upcoming["alpha"],
+        )
+
+    def _at_look(self, look: dict[str, Any], k: int, reject: bool) -> Decision:
+        n = look["samples"]
+        return Decision(
+            rule=self.name,
+            reject=reject,
+            samples_drawn=n,
+            distinct=k,
+            duplicates=n - k,
+            threshold=look["threshold"],
+            probability=occupancy_cdf(k, n, self.target_distinct),
+            alpha=look["alpha"],
         )
 
 

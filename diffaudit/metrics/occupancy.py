@@ -7,8 +7,9 @@ kind (Dombrowski et al., main paper Eqs. 6-8, restated in /work/shared/papers/RE
 Three methods, chosen by size (`method="auto"`):
 - "exact": log S2(n, .) by the recurrence S2(n, k) = k S2(n-1, k) + S2(n-1, k-1) in log space, O(n^2), n <= 1000.
 - "asymptotic": Temme's uniform approximation of S2 (N. M. Temme, "Asymptotic estimates of Stirling numbers",
-  Stud. Appl. Math. 89 (1993) 233-243), relative error about 0.06 / n, evaluated only on a window of k around the
-  mean (+-40 sd, widened to any k asked for) and normalised there; used for 1000 < n while the window fits.
+  Stud. Appl. Math. 89 (1993) 233-243), relative error about 0.06 / n, normalised over a window of k around the
+  mean (+-40 sd + 50); used for n > 1000 while the window fits. Tail probabilities beyond the window sum the
+  TAIL_TERMS terms next to k, which hold all but a negligible part since the pmf is log-concave.
 - "normal": a discretised normal law with the exact mean and variance of K; used only when the window would exceed
   `MAX_WINDOW` values of k (standard deviations above 25,000, i.e. n of order 10^9 and more).
 """
@@ -26,6 +27,7 @@ EXACT_MAX_N = 1000
 MAX_WINDOW = 2_000_000
 WINDOW_SDS = 40.0
 WINDOW_PAD = 50
+TAIL_TERMS = 1000
 
 METHODS = ("exact", "asymptotic", "normal")
 
@@ -88,7 +90,8 @@ def log_stirling2_temme(n: int, ks: np.ndarray) -> np.ndarray:
     """log S2(n, k) by Temme's uniform approximation (Temme 1993, as written in Wikipedia's Stirling-numbers page).
 
     S2(n, k) ~ sqrt((n-k) / (n (1-G))) ((n-k)/e)^{n-k} C(n, k) / (G^k (v-G)^{n-k}), v = n/k, G = -W0(-v e^{-v}).
-    With x0 = v - G the saddle point, G = v - x0 and 1 - G = x0 - (v - 1), which avoids W0 near its branch point.
+    With x0 = v - G the saddle point (x0 / (1 - e^-x0) = v), log G = log v - x0 and 1 - G = x0 - (v - 1), which
+    avoids W0 near its branch point and the cancellation in v - x0 for large v.
     """
     ks = np.asarray(ks, dtype=np.int64)
     out = np.full(ks.shape, -np.inf)
@@ -104,7 +107,7 @@ def log_stirling2_temme(n: int, ks: np.ndarray) -> np.ndarray:
     out[inner] = (
         0.5 * np.log(m)
         - 0.5 * np.log(n * (x0 - (v - 1.0)))
-        - k * np.log(v - x0)
+        - k * (np.log(v) - x0)
         - m * np.log(x0)
         + m * (np.log(m) - 1.0)
         + log_binomial
@@ -118,94 +121,92 @@ def _log_falling_factorial_over_power(n: int, s: int, ks: np.ndarray) -> np.ndar
     return gammaln(s + 1.0) - gammaln(s - k + 1.0) - n * math.log(s)
 
 
-def _window(n: int, s: int, extra_ks: tuple[int, ...] = ()) -> tuple[int, int]:
-    """Range of k holding all but a negligible mass (mean +- 40 sd + 50), widened to include extra_ks."""
+def _main_window(n: int, s: int) -> tuple[int, int]:
+    """Range of k holding all but a negligible mass: mean +- 40 sd + 50, within the support 1..min(n, s)."""
     mean = occupancy_mean(n, s)
     sd = math.sqrt(occupancy_variance(n, s))
-    top = min(n, s)
-    lo = max(1, min([math.floor(mean - WINDOW_SDS * sd) - WINDOW_PAD, *extra_ks]))
-    hi = min(top, max([math.ceil(mean + WINDOW_SDS * sd) + WINDOW_PAD, *extra_ks]))
-    return lo, hi
+    return max(1, math.floor(mean - WINDOW_SDS * sd) - WINDOW_PAD), min(
+        n, s, math.ceil(mean + WINDOW_SDS * sd) + WINDOW_PAD
+    )
 
 
 def choose_method(n: int, s: int) -> str:
     """Exact for small n, Temme's approximation while its window is affordable, the normal law beyond."""
     if n <= EXACT_MAX_N:
         return "exact"
-    lo, hi = _window(n, s)
+    lo, hi = _main_window(n, s)
     return "asymptotic" if hi - lo + 1 <= MAX_WINDOW else "normal"
 
 
-def _check(n: int, s: int) -> None:
-    if n < 0 or s < 1:
-        raise ValueError(f"need n >= 0 and s >= 1, got n={n}, s={s}")
-
-
-def occupancy_log_pmf_window(
-    n: int, s: int, method: str = "auto", extra_ks: tuple[int, ...] = ()
-) -> tuple[int, np.ndarray]:
-    """(first k, log P(K = k | n, s) for k = first .. last) over a window holding all the mass, normalised.
-
-    For "exact" the window is the whole support; otherwise the mean +- 40 sd, widened to include extra_ks.
-    """
-    _check(n, s)
-    method = choose_method(n, s) if method == "auto" else method
-    if n == 0:
-        return 0, np.array([0.0])
-    if method == "exact":
-        lo, hi = 1, min(n, s)
-    else:
-        lo, hi = _window(n, s, tuple(int(k) for k in extra_ks))
-    ks = np.arange(lo, hi + 1)
-    if method == "exact":
-        log_pmf = log_stirling2_exact(n, ks) + _log_falling_factorial_over_power(n, s, ks)
-    elif method == "asymptotic":
-        log_pmf = log_stirling2_temme(n, ks) + _log_falling_factorial_over_power(n, s, ks)
-        log_pmf -= logsumexp(log_pmf)
-    elif method == "normal":
-        log_pmf = _normal_log_pmf(n, s, ks)
-    else:
+def _resolved(n: int, s: int, method: str) -> str:
+    if n < 1 or s < 1:
+        raise ValueError(f"need n >= 1 and s >= 1, got n={n}, s={s}")
+    if method == "auto":
+        return choose_method(n, s)
+    if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS} or 'auto'")
-    return lo, log_pmf
+    return method
 
 
-def _normal_log_pmf(n: int, s: int, ks: np.ndarray) -> np.ndarray:
-    """log of N(mean, var) mass on [k - 1/2, k + 1/2], renormalised over the window."""
-    mean = occupancy_mean(n, s)
-    sd = max(math.sqrt(occupancy_variance(n, s)), 1e-12)
-    upper = norm.logcdf((ks + 0.5 - mean) / sd)
-    lower = norm.logcdf((ks - 0.5 - mean) / sd)
-    with np.errstate(divide="ignore"):
-        log_mass = upper + np.log(-np.expm1(lower - upper))
-    return log_mass - logsumexp(log_mass)
+def _unnormalised_log_pmf(n: int, s: int, ks: np.ndarray, method: str) -> np.ndarray:
+    if method == "normal":  # N(mean, var) mass on [k - 1/2, k + 1/2]
+        mean, sd = occupancy_mean(n, s), max(math.sqrt(occupancy_variance(n, s)), 1e-12)
+        upper, lower = norm.logcdf((ks + 0.5 - mean) / sd), norm.logcdf((ks - 0.5 - mean) / sd)
+        with np.errstate(divide="ignore"):
+            return upper + np.log(-np.expm1(lower - upper))
+    log_stirling2 = log_stirling2_exact if method == "exact" else log_stirling2_temme
+    return log_stirling2(n, ks) + _log_falling_factorial_over_power(n, s, ks)
+
+
+@lru_cache(maxsize=1024)
+def _log_normaliser(n: int, s: int, method: str) -> float:
+    """log of the total mass of the approximate pmf over the main window (0 for the exact pmf)."""
+    if method == "exact":
+        return 0.0
+    lo, hi = _main_window(n, s)
+    return float(logsumexp(_unnormalised_log_pmf(n, s, np.arange(lo, hi + 1), method)))
+
+
+def occupancy_log_pmf_range(n: int, s: int, lo: int, hi: int, method: str = "auto") -> np.ndarray:
+    """log P(K = k | n, s) for k = lo..hi (-inf outside the support 1..min(n, s))."""
+    method = _resolved(n, s, method)
+    ks = np.arange(lo, hi + 1)
+    out = np.full(ks.shape, -np.inf)
+    inside = (ks >= 1) & (ks <= min(n, s))
+    out[inside] = _unnormalised_log_pmf(n, s, ks[inside], method) - _log_normaliser(n, s, method)
+    return out
+
+
+def occupancy_log_pmf_window(n: int, s: int, method: str = "auto") -> tuple[int, np.ndarray]:
+    """(lo, log P(K = k | n, s) for k = lo..hi) over a window holding all the mass (the whole support if exact)."""
+    method = _resolved(n, s, method)
+    lo, hi = (1, min(n, s)) if method == "exact" else _main_window(n, s)
+    return lo, occupancy_log_pmf_range(n, s, lo, hi, method)
 
 
 def occupancy_log_pmf(k: int, n: int, s: int, method: str = "auto") -> float:
     """log P(K = k | n, s); -inf outside the support."""
-    if k < 0 or k > min(n, s) or (n > 0 and k == 0) or (n == 0 and k != 0):
-        return -math.inf
-    lo, log_pmf = occupancy_log_pmf_window(n, s, method, extra_ks=(k,))
-    return float(log_pmf[k - lo])
+    return float(occupancy_log_pmf_range(n, s, k, k, method)[0])
 
 
 def occupancy_log_cdf(k: int, n: int, s: int, method: str = "auto") -> float:
-    """log P(K <= k | n, s)."""
+    """log P(K <= k | n, s): summed over the window and TAIL_TERMS terms below k (the pmf is log-concave)."""
+    lo, hi = _main_window(n, s)
     if k >= min(n, s):
         return 0.0
-    if k < (1 if n > 0 else 0):
-        return -math.inf
-    lo, log_pmf = occupancy_log_pmf_window(n, s, method, extra_ks=(k,))
-    return min(0.0, float(logsumexp(log_pmf[: k - lo + 1])))
+    if k > hi:
+        return math.log1p(-math.exp(occupancy_log_sf(k + 1, n, s, method)))
+    return min(0.0, float(logsumexp(occupancy_log_pmf_range(n, s, max(1, min(lo, k - TAIL_TERMS)), k, method))))
 
 
 def occupancy_log_sf(k: int, n: int, s: int, method: str = "auto") -> float:
-    """log P(K >= k | n, s)."""
-    if k <= (1 if n > 0 else 0):
+    """log P(K >= k | n, s), computed like occupancy_log_cdf from the other side."""
+    lo, hi = _main_window(n, s)
+    if k <= 1:
         return 0.0
-    if k > min(n, s):
-        return -math.inf
-    lo, log_pmf = occupancy_log_pmf_window(n, s, method, extra_ks=(k,))
-    return min(0.0, float(logsumexp(log_pmf[k - lo :])))
+    if k < lo:
+        return math.log1p(-math.exp(occupancy_log_cdf(k - 1, n, s, method)))
+    return min(0.0, float(logsumexp(occupancy_log_pmf_range(n, s, k, min(n, s, max(hi, k + TAIL_TERMS)), method))))
 
 
 def occupancy_cdf(k: int, n: int, s: int, method: str = "auto") -> float:
@@ -218,6 +219,7 @@ def occupancy_sf(k: int, n: int, s: int, method: str = "auto") -> float:
     return math.exp(occupancy_log_sf(k, n, s, method))
 
 
+@lru_cache(maxsize=4096)
 def lower_critical_value(n: int, s: int, alpha: float, method: str = "auto") -> int:
     """The largest k with P(K <= k | n, s) < alpha (0 when there is none): K <= it rejects s at level alpha."""
     lo, log_pmf = occupancy_log_pmf_window(n, s, method)
@@ -225,6 +227,7 @@ def lower_critical_value(n: int, s: int, alpha: float, method: str = "auto") -> 
     return int(lo + below[-1]) if below.size else lo - 1
 
 
+@lru_cache(maxsize=4096)
 def upper_critical_value(n: int, s: int, alpha: float, method: str = "auto") -> int:
     """The smallest k with P(K >= k | n, s) < alpha (min(n, s) + 1 when there is none)."""
     lo, log_pmf = occupancy_log_pmf_window(n, s, method)
