@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import zipfile
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageMode
 
-from diffaudit.archive import ArchiveLimits, InvalidArchive, check_members, open_zip, safe_extract_zip
+from diffaudit.archive import ArchiveLimits, InvalidArchive, check_members, open_zip
 from diffaudit.datasets.dataset import (
     HELDOUT_FILE,
     LABELS_FILE,
@@ -38,6 +39,9 @@ CHUNK_BYTES = 4 << 20  # bytes of array data held in memory at once
 CHUNK_ROWS = 1 << 16  # labels (int64) handled at once
 NPZ_ARRAYS = ("images", "features", "labels")
 EXAMPLES = 5  # how many offending files an error message names
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError)
+# Pillow decoders allowed for uploads (others, e.g. EPS, call external programs)
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,7 @@ def ingest_dataset(
             if _is_npz(zf):
                 kind, class_names = _read_npz(zf, work, limits)
             else:
-                zf.close()
-                kind, class_names = _read_image_zip(path, work, limits)
+                kind, class_names = _read_image_zip(zf, work, limits)
         except InvalidArchive as exc:
             raise InvalidDataset(str(exc)) from exc
         return _store_dataset(store, prefix, work, kind, class_names, heldout_fraction, seed)
@@ -106,34 +109,52 @@ def _is_npz(zf: zipfile.ZipFile) -> bool:
 # ---------------------------------------------------------------- zip of images
 
 
-def _read_image_zip(path: Path, work: Path, limits: IngestLimits) -> tuple[DatasetKind, list[str] | None]:
-    """Extract, check and decode a zip of images into work/images.npy (and labels.npy); returns the class names."""
-    root = work / "extracted"
-    files = safe_extract_zip(path, root, limits.archive)
-    relative = [PurePosixPath(f.relative_to(root).as_posix()) for f in files]
-    relative = _unwrap_single_folder(relative)
-    if not relative:
+def _read_image_zip(zf: zipfile.ZipFile, work: Path, limits: IngestLimits) -> tuple[DatasetKind, list[str] | None]:
+    """Check a zip of images and decode it, sorted by path, into work/images.npy (and labels.npy).
+
+    Images are decoded straight from the zip (no extraction); returns the class names.
+    """
+    members = check_members(zf, limits.archive)
+    names = _unwrap_single_folder([relative for _, relative in members])
+    if not names:
         raise InvalidDataset("the zip holds no images; add image files (PNG, JPEG, ...)")
-    labels, class_names = _labels_from_folders(relative)
+    entries = sorted(zip(names, (info for info, _ in members), strict=True), key=lambda entry: entry[0])
+    labels, class_names = _labels_from_folders([name for name, _ in entries])
     if labels is not None:
         np.save(work / LABELS_FILE, labels)
-    height, width, channels = _scan_images(files, relative, limits.max_image_side)
-    _check_array_bytes(len(files) * height * width * channels, limits)
+    height, width, channels = _scan_images(zf, entries, limits.max_image_side)
+    _check_array_bytes(len(entries) * height * width * channels, limits)
     out = np.lib.format.open_memmap(
-        work / array_file("images"), mode="w+", dtype=np.uint8, shape=(len(files), height, width, channels)
+        work / array_file("images"), mode="w+", dtype=np.uint8, shape=(len(entries), height, width, channels)
     )
-    mode = "L" if channels == 1 else "RGB"
     undecodable = []
-    for i, (file, name) in enumerate(zip(files, relative, strict=True)):
+    for i, (name, info) in enumerate(entries):
         try:
-            with Image.open(file) as img:
-                out[i] = np.asarray(img.convert(mode)).reshape(height, width, channels)
+            out[i] = _decode_image(zf, info, "L" if channels == 1 else "RGB").reshape(height, width, channels)
+        except _ZIP_ERRORS as exc:
+            raise InvalidArchive(f"the zip is truncated or corrupt (entry '{info.filename}'); upload it again") from exc
         except Exception:  # PIL raises many types for a broken file
             undecodable.append(str(name))
     _raise_if_undecodable(undecodable)
     out.flush()
     del out
     return "images", class_names
+
+
+def _image_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[int, int, str]:
+    """(height, width, mode) of a zipped image, reading only its header."""
+    with zf.open(info) as f, Image.open(f, formats=IMAGE_FORMATS) as img:
+        return img.height, img.width, img.mode
+
+
+def _decode_image(zf: zipfile.ZipFile, info: zipfile.ZipInfo, mode: str) -> np.ndarray:
+    """The pixels of a zipped image converted to `mode`, with the entry's CRC checked."""
+    with zf.open(info) as f:
+        with Image.open(f, formats=IMAGE_FORMATS) as img:
+            pixels = np.asarray(img.convert(mode))
+        while f.read(CHUNK_BYTES):  # read to the end: zipfile checks the CRC there
+            pass
+    return pixels
 
 
 def _unwrap_single_folder(paths: list[PurePosixPath]) -> list[PurePosixPath]:
@@ -163,17 +184,19 @@ def _labels_from_folders(paths: list[PurePosixPath]) -> tuple[np.ndarray | None,
     raise InvalidDataset(f"'{deep}' is nested too deep; use one folder per class holding the images directly")
 
 
-def _scan_images(files: list[Path], names: list[PurePosixPath], max_side: int) -> tuple[int, int, int]:
+def _scan_images(
+    zf: zipfile.ZipFile, entries: list[tuple[PurePosixPath, zipfile.ZipInfo]], max_side: int
+) -> tuple[int, int, int]:
     """Read every header: the common (H, W) and the channel count (1 if all greyscale, else 3)."""
     examples: dict[tuple[int, int], list[str]] = defaultdict(list)
     undecodable = []
     high_depth = []
     all_grey = True
-    for file, name in zip(files, names, strict=True):
+    for name, info in entries:
         try:
-            with Image.open(file) as img:
-                width, height = img.size
-                mode = img.mode
+            height, width, mode = _image_header(zf, info)
+        except _ZIP_ERRORS as exc:
+            raise InvalidArchive(f"the zip is truncated or corrupt (entry '{info.filename}'); upload it again") from exc
         except Exception:  # PIL raises many types for a broken file
             undecodable.append(str(name))
             continue
@@ -202,7 +225,8 @@ def _raise_if_undecodable(names: list[str]) -> None:
     if names:
         shown = ", ".join(f"'{n}'" for n in names[:EXAMPLES])
         raise InvalidDataset(
-            f"{len(names)} file(s) are not readable images (e.g. {shown}); remove or re-save them as PNG or JPEG"
+            f"{len(names)} file(s) are not readable images (e.g. {shown}); "
+            f"remove them or re-save them as one of {', '.join(IMAGE_FORMATS)}"
         )
 
 

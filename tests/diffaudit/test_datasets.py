@@ -156,6 +156,21 @@ def test_refuses_a_truncated_zip(tmp_path, store):
     assert_nothing_stored(store)
 
 
+def test_refuses_an_image_entry_that_fails_the_zip_crc(tmp_path, store):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((6, 8, 3), 100, np.uint8)).save(buffer, format="BMP")  # BMP has no checksum of its own
+    bmp = buffer.getvalue()
+    with zipfile.ZipFile(tmp_path / "in.zip", "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.bmp", bmp)
+    data = bytearray((tmp_path / "in.zip").read_bytes())
+    data[data.index(bmp) + len(bmp) - 10] ^= 0xFF  # one pixel byte; the image still decodes
+    (tmp_path / "bad.zip").write_bytes(bytes(data))
+    with pytest.raises(InvalidDataset, match=re.escape("the zip is truncated or corrupt (entry 'a.bmp')")):
+        ingest_dataset(tmp_path / "bad.zip", store, "ds", LIMITS)
+    assert_nothing_stored(store)
+    assert ingest_dataset(tmp_path / "in.zip", store, "ds", LIMITS).item_shape == (6, 8, 3)
+
+
 def test_refuses_an_escaping_entry(tmp_path, store):
     path = make_zip(tmp_path / "in.zip", {"a.png": png(rgb()), "../../evil.png": png(rgb())})
     with pytest.raises(InvalidDataset, match="outside the archive folder"):
@@ -181,6 +196,14 @@ def test_refuses_images_that_do_not_decode_naming_five(tmp_path, store):
     assert "6 file(s) are not readable images" in message
     assert all(f"'bad{i}.png'" in message for i in range(5)) and "bad5.png" not in message
     assert_nothing_stored(store)
+
+
+def test_refuses_image_formats_outside_the_allowed_decoders(tmp_path, store):
+    buffer = io.BytesIO()
+    Image.fromarray(rgb()).save(buffer, format="PPM")  # Pillow reads PPM, but it is not an accepted upload format
+    entries = {"a.png": png(rgb()), "b.ppm": buffer.getvalue()}
+    with pytest.raises(InvalidDataset, match=re.escape("1 file(s) are not readable images (e.g. 'b.ppm')")):
+        ingest_dataset(make_zip(tmp_path / "in.zip", entries), store, "ds", LIMITS)
 
 
 def test_refuses_an_image_whose_data_is_damaged_after_a_valid_header(tmp_path, store):
