@@ -16,7 +16,8 @@ Paper: "Generating High Fidelity Data from Low-density Regions using Diffusion M
   Mann-Whitney p-values) for baseline-versus-guided tables.
 - `rejection_sampling_cost` for Table 1.
 
-All pairwise distances are computed in blocks of query rows, so memory stays bounded at any size.
+Memory stays bounded at any size: k-NN distances come from diffaudit.retrieval.knn's exact blocked search,
+and precision's support test runs over blocks of generated rows.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from scipy import stats
 from sklearn.covariance import ledoit_wolf
 from sklearn.neighbors import LocalOutlierFactor
 
+from diffaudit.retrieval.knn import nearest_neighbours
+
 AVG_KNN_K = 5  # Sehwag et al. Sec. 4.2
 LOF_K = 20  # Sehwag et al. App. A.1
 PRECISION_K = 3  # Kynkaanniemi et al. 2019
 RIDGE = 1e-6  # relative ridge added to the Ledoit-Wolf covariance
-DISTANCE_BLOCK_ELEMENTS = 2**24  # at most this many query x reference distances in memory at once
+DISTANCE_BLOCK_ELEMENTS = 2**24  # precision: at most this many generated x real distances in memory at once
 
 
 @dataclass(frozen=True)
@@ -137,25 +140,23 @@ def shrunk_covariance(members: np.ndarray, label: int = 0) -> np.ndarray:
 
 
 def knn_distances(query: np.ndarray, reference: np.ndarray, k: int, *, exclude_self: bool = False) -> np.ndarray:
-    """Euclidean distances (N, k) from each query row to its k nearest reference rows, ascending.
+    """Euclidean distances (N, k) from each query row to its k nearest reference rows, ascending (exact, float64).
 
-    exclude_self: query is reference, and each row's zero distance to itself is dropped.
-    Computed in blocks of query rows (bounded memory).
+    exclude_self: query is reference, and each row itself is left out of its neighbours.
+    Blocked, memory-bounded exact search of diffaudit.retrieval.knn.
     """
-    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-    r = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))
     take = k + 1 if exclude_self else k
-    if take > len(r):
-        raise ValueError(f"k={k} needs at least {take} reference rows, got {len(r)}")
-    block = max(1, DISTANCE_BLOCK_ELEMENTS // max(1, len(r)))
-    out = []
-    for start in range(0, len(q), block):
-        d = torch.cdist(q[start : start + block], r)
-        if exclude_self:
-            rows = torch.arange(d.shape[0])
-            d[rows, rows + start] = -1.0  # itself sorts first and is dropped below
-        out.append(d.topk(take, dim=1, largest=False).values[:, take - k :])
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, k))
+    if take > len(reference):
+        raise ValueError(f"k={k} needs at least {take} reference rows, got {len(reference)}")
+    found = nearest_neighbours(np.asarray(query), np.asarray(reference), take)
+    if not exclude_self:
+        return found.distances
+    # Drop each row's own entry (among duplicates it need not come first), or the farthest if ties pushed it out.
+    is_self = found.indices == np.arange(len(query))[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+    keep = np.ones_like(is_self)
+    keep[np.arange(len(query)), drop] = False
+    return found.distances[keep].reshape(len(query), k)
 
 
 def avg_knn_distance(query: np.ndarray, reference: np.ndarray, k: int = AVG_KNN_K) -> np.ndarray:
@@ -186,9 +187,9 @@ def precision(generated: np.ndarray, real: np.ndarray, k: int = PRECISION_K) -> 
     """
     if len(generated) == 0:
         return float("nan")
-    radii = torch.from_numpy(knn_distances(real, real, k, exclude_self=True)[:, -1]).float()
-    g = torch.from_numpy(np.ascontiguousarray(generated, dtype=np.float32))
-    r = torch.from_numpy(np.ascontiguousarray(real, dtype=np.float32))
+    radii = torch.from_numpy(knn_distances(real, real, k, exclude_self=True)[:, -1])
+    g = torch.from_numpy(np.ascontiguousarray(generated, dtype=np.float64))
+    r = torch.from_numpy(np.ascontiguousarray(real, dtype=np.float64))
     block = max(1, DISTANCE_BLOCK_ELEMENTS // max(1, len(r)))
     inside = [(torch.cdist(g[s : s + block], r) <= radii[None]).any(dim=1) for s in range(0, len(g), block)]
     return float(torch.cat(inside).double().mean())

@@ -80,14 +80,25 @@ def test_avg_knn_distance_on_a_line() -> None:
     np.testing.assert_allclose(avg_knn_distance(query, reference, k=2), [0.5, 2.0], rtol=1e-6)
 
 
-def test_knn_distances_blocked_equal_unblocked_and_exclude_self(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_knn_distances_exclude_self_even_among_duplicates() -> None:
     points = np.random.default_rng(0).normal(size=(50, 4))
+    points[7] = points[3]  # a duplicate: row 7's nearest other point is row 3, at distance 0
     whole = knn_distances(points, points, 3, exclude_self=True)
-    monkeypatch.setattr(density, "DISTANCE_BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 query rows
-    blocked = knn_distances(points, points, 3, exclude_self=True)
-    np.testing.assert_allclose(blocked, whole, rtol=1e-6)
-    brute = np.sort(np.linalg.norm(points[:, None] - points[None], axis=2), axis=1)[:, 1:4]
-    np.testing.assert_allclose(whole, brute, rtol=1e-4, atol=1e-5)
+    brute = np.linalg.norm(points[:, None] - points[None], axis=2)
+    np.fill_diagonal(brute, np.inf)
+    np.testing.assert_allclose(whole, np.sort(brute, axis=1)[:, :3], rtol=1e-12, atol=1e-12)
+    assert whole[7, 0] == 0.0 and whole[3, 0] == 0.0
+
+
+def test_precision_is_the_same_in_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    real, generated = rng.normal(size=(60, 3)), rng.normal(0.5, 1.2, size=(45, 3))
+    whole = precision(generated, real)
+    monkeypatch.setattr(density, "DISTANCE_BLOCK_ELEMENTS", 7 * 60)  # blocks of 7 generated rows
+    assert precision(generated, real) == whole
+    radii = np.sort(np.linalg.norm(real[:, None] - real[None], axis=2), axis=1)[:, 3]  # k = 3, self at column 0
+    inside = (np.linalg.norm(generated[:, None] - real[None], axis=2) <= radii[None]).any(axis=1)
+    assert whole == pytest.approx(inside.mean())
 
 
 def test_local_outlier_factor_matches_hand_computation() -> None:
