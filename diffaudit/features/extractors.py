@@ -126,7 +126,9 @@ class NetworkExtractor(Extractor):
     def network_input(self, images: np.ndarray) -> torch.Tensor:
         """The preprocessing described by `self.preprocessing`, as a float NCHW tensor on the device."""
         check_images(images)
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        x = (
+            torch.from_numpy(np.array(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        )  # copy: may be read-only
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[2:] != (self.input_size, self.input_size):

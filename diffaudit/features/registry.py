@@ -178,19 +178,11 @@ def _refuse_weights(name: str, weights: str | Path | None) -> None:
 
 def _torchvision_extractor(name: str, weights: str | Path | None, seed: int, device: torch.device) -> Extractor:
     model = TORCHVISION_MODELS[name]
+    path = None if weights is None else local_weights_path(weights)
+    state_dict = None if path is None else read_state_dict(path)  # a bad file is refused before the network is built
     network = seeded(model.build, seed)
-    weights_sha256 = None
-    if weights is not None:
-        path = local_weights_path(weights)
-        state_dict = read_state_dict(path)
-        try:
-            network.load_state_dict(state_dict, strict=True)
-        except RuntimeError as exc:
-            raise InvalidWeights(
-                f"{path} does not fit torchvision's {name}: {_shorten(exc)}. Give the state dict of "
-                f"torchvision.models.{name} (1000 classes), e.g. saved with safetensors.torch.save_file"
-            ) from exc
-        weights_sha256 = file_sha256(path)
+    if state_dict is not None:
+        _load_strict(network, state_dict, f"{path} does not fit torchvision's {name}")
     return NetworkExtractor(
         name=name,
         network=model.feature_network(network),
@@ -199,10 +191,20 @@ def _torchvision_extractor(name: str, weights: str | Path | None, seed: int, dev
         input_size=model.input_size,
         mean=model.mean,
         std=model.std,
-        weights_sha256=weights_sha256,
+        weights_sha256=None if path is None else file_sha256(path),
         seed=seed,
         device=device,
     )
+
+
+def _load_strict(network: nn.Module, state_dict: dict[str, torch.Tensor], problem: str) -> None:
+    try:
+        network.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise InvalidWeights(
+            f"{problem}: {_shorten(exc)}. Give the full state dict of that model (with its 1000-class head), "
+            f"e.g. saved with safetensors.torch.save_file(model.state_dict(), path)"
+        ) from exc
 
 
 def _timm_extractor(
