@@ -197,22 +197,21 @@ def guided_denoise(
     size = unet.config.sample_size
     shape = (len(seeds), unet.config.in_channels, size, size)
     scheduler.set_timesteps(steps, device=device)
-    x = randn_tensor(shape, generator=generators, device=device, dtype=unet.dtype) * scheduler.init_noise_sigma
     stochastic = "generator" in inspect.signature(scheduler.step).parameters
     step_options = {"generator": generators} if stochastic else {}
     timesteps = scheduler.timesteps
-    for i, t in enumerate(timesteps):
-        model_input = scheduler.scale_model_input(x, t)
-        with torch.inference_mode():
+    with torch.inference_mode():  # as the baseline loop; the guidance leaves inference mode for its gradients
+        x = randn_tensor(shape, generator=generators, device=device, dtype=unet.dtype) * scheduler.init_noise_sigma
+        for i, t in enumerate(timesteps):
+            model_input = scheduler.scale_model_input(x, t)
             model_output = unet(model_input, t, class_labels=class_labels).sample
-        shift = None
-        if guidance is not None:
-            model_output, shift = guidance(
-                scheduler, model_input, t, model_output, class_labels, i == len(timesteps) - 1
-            )
-        x = scheduler.step(model_output, t, x, **step_options).prev_sample
-        if shift is not None:
-            x = x + shift
+            shift = None
+            if guidance is not None:
+                is_last = i == len(timesteps) - 1
+                model_output, shift = guidance(scheduler, model_input, t, model_output, class_labels, is_last)
+            x = scheduler.step(model_output, t, x, **step_options).prev_sample
+            if shift is not None:
+                x = x + shift
     return x
 
 
