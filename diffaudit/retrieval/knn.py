@@ -123,12 +123,17 @@ class _ScreeningSpace:
 
 
 def _block_sizes(n_queries: int, n_refs: int, dim: int, k: int, budget: int) -> tuple[int, int]:
-    """Query and reference block sizes whose float32 blocks, distance tile and candidates fit in the budget."""
+    """Query and reference block sizes whose working memory fits the budget (at least one row of each).
+
+    Per reference row: the float64 staging, the float32 block and its squared norms (3 x 4 x dim bytes); per query
+    row: its float32 and float64 copies (12 x dim), a float32 tile row with its top-k workspace (12 x block_r), and
+    the float64 re-check of its 2k + 6 candidates (24 x (2k + 6) x dim).
+    """
     block_r = max(1, min(n_refs, 4096))
-    while block_r > 64 and 3 * block_r * dim * 4 > budget // 2:
+    while block_r > 1 and 3 * 4 * block_r * dim > budget // 2:
         block_r //= 2
-    per_query = 8 * dim + 12 * block_r + 24 * (2 * k + 6) * (dim + 2)
-    block_q = max(1, min(max(n_queries, 1), (budget - 3 * block_r * dim * 4) // per_query))
+    per_query = 12 * dim + 12 * block_r + 24 * (2 * k + 6) * dim
+    block_q = max(1, min(n_queries, (budget - 3 * 4 * block_r * dim) // per_query))
     return block_q, block_r
 
 
