@@ -1,0 +1,81 @@
+"""Worker tests: the real PostgreSQL, the real Redis, real Celery worker processes.
+
+The API runs in the test process (TestClient) and sends tasks to Redis; workers are separate
+processes started (and killed) by the tests.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from worker_helpers import Workers
+
+from app.main import create_app
+from app.settings import Settings
+from app.tokens.service import create_token
+from diffaudit.client import zip_folder
+
+REDIS_URL = "redis://127.0.0.1:6379"
+VISIBILITY_TIMEOUT = 3  # seconds before a dead worker's task is redelivered
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/workers/" in item.nodeid:
+            item.add_marker(pytest.mark.redis)
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """A Redis database of its own, emptied before and after the session."""
+    number = 1 + secrets.randbelow(15)
+    url = f"{REDIS_URL}/{number}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture()
+def worker_settings(database_url: str, broker_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        artifact_dir=tmp_path / "artifacts",
+        cache_dir=tmp_path / "cache",
+        broker_visibility_timeout=VISIBILITY_TIMEOUT,
+        torch_threads=1,
+    )
+
+
+@pytest.fixture()
+def workers(worker_settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(worker_settings, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture()
+def api(worker_settings: Settings) -> Iterator[TestClient]:
+    """The API, sending tasks to the real Redis, authenticated as a fresh project."""
+    app = create_app(worker_settings)
+    with TestClient(app) as client:
+        with app.state.sessionmaker() as session:
+            token = create_token(session, f"workers-{secrets.token_hex(4)}")
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client
+
+
+@pytest.fixture()
+def demo_checkpoint_id(api: TestClient, tiny_demo_model: Path, tmp_path: Path) -> str:
+    archive = zip_folder(tiny_demo_model, tmp_path / "model.zip")
+    with archive.open("rb") as f:
+        response = api.post("/v1/checkpoints", files={"file": ("model.zip", f)}, data={"name": "tiny"})
+    assert response.status_code in (200, 201), response.text
+    return str(response.json()["id"])

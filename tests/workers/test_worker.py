@@ -1,0 +1,93 @@
+"""Jobs on real Celery workers over Redis: success, cancellation, and a worker killed mid-job."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from fastapi.testclient import TestClient
+from worker_helpers import Workers, wait_for
+
+TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
+N = 48
+SPEC: dict[str, Any] = {
+    "stages": ["sample", "features"],
+    "sample": {"n": N, "steps": 40, "batch_size": 8, "scheduler": "ddim", "seed": 3},
+    "features": {"extractor": "random-cnn"},
+}
+
+
+def submit(api: TestClient, checkpoint_id: str, spec: dict[str, Any] = SPEC) -> str:
+    response = api.post("/v1/evaluations", json={"checkpoint_id": checkpoint_id, "dataset_id": "digits", "spec": spec})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def stage(job: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in job["stages"] if s["name"] == name)
+
+
+def artifact_array(api: TestClient, evaluation_id: str, name: str) -> np.ndarray:
+    response = api.get(f"/v1/evaluations/{evaluation_id}/artifacts/{name}")
+    assert response.status_code == 200, response.text
+    return np.load(io.BytesIO(response.content), allow_pickle=False)
+
+
+def without_timings(value: Any) -> Any:
+    """A results document with wall-clock figures removed (they differ between two runs)."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if "second" not in k}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def test_a_job_runs_to_success_on_a_real_worker(api: TestClient, workers: Workers, demo_checkpoint_id: str) -> None:
+    workers.start()
+    evaluation_id = submit(api, demo_checkpoint_id)
+    job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
+    assert job["status"] == "succeeded", job
+    assert [s["status"] for s in job["stages"]] == ["done", "done"]
+    assert stage(job, "sample")["done"] == stage(job, "sample")["total"] == N
+    results = api.get(f"/v1/evaluations/{evaluation_id}/results").json()
+    assert set(results["stages"]) == {"sample", "features"}
+    grid = api.get(f"/v1/evaluations/{evaluation_id}/artifacts/sample/grid.png")
+    assert grid.status_code == 200 and grid.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert artifact_array(api, evaluation_id, "sample/images.npy").shape == (N, 16, 16, 1)
+
+
+def test_a_worker_killed_mid_job_loses_nothing(api: TestClient, workers: Workers, demo_checkpoint_id: str) -> None:
+    first = workers.start()
+    evaluation_id = submit(api, demo_checkpoint_id)
+    wait_for(api, evaluation_id, lambda j: stage(j, "sample")["done"] >= 8, workers)
+    workers.kill(first)
+    killed = api.get(f"/v1/evaluations/{evaluation_id}").json()
+    assert killed["status"] == "running"
+    assert stage(killed, "sample")["status"] == "running", "the worker was killed after the stage, not during it"
+
+    workers.start()
+    job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
+    assert job["status"] == "succeeded", job
+
+    reference_id = submit(api, demo_checkpoint_id)
+    reference = wait_for(api, reference_id, lambda j: j["status"] in TERMINAL, workers)
+    assert reference["status"] == "succeeded", reference
+    for name in ("sample/images.npy", "features/generated.npy"):
+        np.testing.assert_array_equal(
+            artifact_array(api, evaluation_id, name), artifact_array(api, reference_id, name), err_msg=name
+        )
+    resumed = api.get(f"/v1/evaluations/{evaluation_id}/results").json()
+    uninterrupted = api.get(f"/v1/evaluations/{reference_id}/results").json()
+    assert without_timings(resumed) == without_timings(uninterrupted)
+
+
+def test_a_cancelled_job_stops(api: TestClient, workers: Workers, demo_checkpoint_id: str) -> None:
+    workers.start()
+    slow = {**SPEC, "sample": {**SPEC["sample"], "n": 4000, "steps": 50}}
+    evaluation_id = submit(api, demo_checkpoint_id, slow)
+    wait_for(api, evaluation_id, lambda j: stage(j, "sample")["done"] >= 8, workers)
+    assert api.post(f"/v1/evaluations/{evaluation_id}/cancel").status_code in (200, 202)
+    job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers, timeout=60)
+    assert job["status"] == "cancelled"
+    assert stage(job, "sample")["done"] < 4000

@@ -1,0 +1,78 @@
+"""Helpers of the worker tests: worker processes started and killed, jobs polled."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a subprocess the same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFAUDIT_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None and not isinstance(value, list):
+            env[f"DIFFAUDIT_{name.upper()}"] = str(value)
+    return env
+
+
+class Workers:
+    """Starts Celery worker processes (each its own process group) and kills them."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.env = settings_env(settings)
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        n = len(self.processes)
+        log = (self.log_dir / f"worker-{n}.log").open("wb")
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--queues", "gpu,cpu",
+            "--concurrency", "1", "--hostname", f"test{n}-{secrets.token_hex(3)}@%h",
+            "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """kill -9 the worker and its pool children."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+
+
+def wait_for(
+    api: TestClient, evaluation_id: str, done: Callable[[dict[str, Any]], bool], workers: Workers, timeout: float = 300
+) -> dict[str, Any]:
+    """Poll the job until `done(job)`; fail with the worker logs on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/evaluations/{evaluation_id}").json()
+        if done(job):
+            return job
+        time.sleep(0.2)
+    pytest.fail(f"timed out; last state {job}\n--- worker logs ---\n{workers.logs()}")
