@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path, PurePosixPath
 
 from fastapi import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
+from app.errors import TooLarge, error_response
 
 UPLOAD_PATHS = frozenset({"/v1/checkpoints", "/v1/datasets"})
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and form fields around the file
@@ -76,9 +75,17 @@ def safe_file_name(name: str | None) -> str:
     return cleaned if cleaned.strip("._") else "upload"
 
 
-def spool_upload(upload: UploadFile, folder: Path) -> Path:
-    """Copy an uploaded part into `folder` under its (sanitised) file name."""
+def spool_upload(upload: UploadFile, folder: Path, max_bytes: int) -> Path:
+    """Copy an uploaded file into `folder` under its (sanitised) name; the file itself must fit the limit.
+
+    (The middleware bounds the whole body with some slack for the multipart framing; this bounds the file.)
+    """
     target = folder / safe_file_name(upload.filename)
+    written = 0
     with target.open("wb") as out:
-        shutil.copyfileobj(upload.file, out, COPY_CHUNK)
+        while chunk := upload.file.read(COPY_CHUNK):
+            written += len(chunk)
+            if written > max_bytes:
+                raise TooLarge(too_large_message(max_bytes), details={"limit_bytes": max_bytes})
+            out.write(chunk)
     return target

@@ -49,7 +49,7 @@ def create_checkpoint(
         raise BadRequest("send exactly one of `file` (a zip upload) or `path` (a folder on the server)")
     if file is not None:
         with tempfile.TemporaryDirectory(prefix="diffaudit-upload-") as tmp:
-            zip_path = spool_upload(file, Path(tmp))
+            zip_path = spool_upload(file, Path(tmp), settings.max_upload_bytes)
             default_name = Path(file.filename or "checkpoint").stem
             checkpoint, created = service.upload_checkpoint(
                 session, project, store, settings, zip_path, name or default_name

@@ -42,7 +42,7 @@ def create_dataset(
     seed: Annotated[int, Form(ge=0, description="seed of the (stratified) held-out split")] = 0,
 ) -> DatasetOut:
     with tempfile.TemporaryDirectory(prefix="diffaudit-upload-") as tmp:
-        path = spool_upload(file, Path(tmp))
+        path = spool_upload(file, Path(tmp), settings.max_upload_bytes)
         default_name = Path(file.filename or "dataset").stem
         dataset = service.upload_dataset(
             session, project, store, settings, path, name or default_name, heldout_fraction, seed

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.models import Evaluation
 
 TEST_LIMITS = {
     "max_upload_bytes": 4 * 2**20,
@@ -20,12 +24,29 @@ TEST_LIMITS = {
 }
 
 
+@dataclass
+class EnqueueRecorder:
+    """Stands in for the broker; records each send and the job's status seen from a new session."""
+
+    sessions: sessionmaker[Session]
+    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    seen_status: list[str | None] = field(default_factory=list)
+    fail_with: Exception | None = None
+
+    def __call__(self, task_name: str, *args: Any, queue: str | None = None) -> None:
+        with self.sessions() as session:
+            self.seen_status.append(session.scalar(select(Evaluation.status).where(Evaluation.id == args[0])))
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.calls.append((task_name, args))
+
+
 # --- checkpoints --------------------------------------------------------------------------
 
 NUM_CLASSES = 10
 
 
-def tiny_unet(num_class_embeds: int | None = NUM_CLASSES) -> UNet2DModel:
+def tiny_unet(num_class_embeds: int | None = NUM_CLASSES) -> Any:
     torch.manual_seed(0)
     return UNet2DModel(
         sample_size=16,
@@ -40,10 +61,15 @@ def tiny_unet(num_class_embeds: int | None = NUM_CLASSES) -> UNet2DModel:
     )
 
 
-def save_pipeline_folder(folder: Path, unet: UNet2DModel) -> Path:
+def num_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_pipeline_folder(folder: Path, unet: Any) -> Path:
     """A diffusers pipeline-layout folder: unet/ (config + safetensors) and scheduler/."""
     unet.save_pretrained(folder / "unet", safe_serialization=True)
-    DDPMScheduler(num_train_timesteps=100).save_pretrained(folder / "scheduler")
+    scheduler: Any = DDPMScheduler(num_train_timesteps=100)
+    scheduler.save_pretrained(folder / "scheduler")
     return folder
 
 

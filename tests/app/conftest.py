@@ -9,20 +9,26 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from app_helpers import TEST_LIMITS, TinyCheckpoint, save_pipeline_folder, tiny_unet, zip_folder
+from app_helpers import (
+    TEST_LIMITS,
+    EnqueueRecorder,
+    TinyCheckpoint,
+    num_parameters,
+    save_pipeline_folder,
+    tiny_unet,
+    zip_folder,
+)
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker, upgrade_database
 from app.main import create_app
-from app.models import Evaluation
 from app.queue import get_enqueue
 from app.settings import Settings
 from app.tokens.service import create_token
@@ -69,23 +75,6 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
     with sessions() as session:
         yield session
-
-
-@dataclass
-class EnqueueRecorder:
-    """Stands in for the broker; records each send and the job's status seen from a new session."""
-
-    sessions: sessionmaker[Session]
-    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-    seen_status: list[str | None] = field(default_factory=list)
-    fail_with: Exception | None = None
-
-    def __call__(self, task_name: str, *args: Any, queue: str | None = None) -> None:
-        with self.sessions() as session:
-            self.seen_status.append(session.scalar(select(Evaluation.status).where(Evaluation.id == args[0])))
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.calls.append((task_name, args))
 
 
 @pytest.fixture()
@@ -161,11 +150,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
     """A class-conditional 16x16 greyscale UNet2DModel + DDPMScheduler, zipped under one top folder."""
     unet = tiny_unet()
     folder = save_pipeline_folder(tmp_path_factory.mktemp("ckpt") / "tiny-model", unet)
-    return TinyCheckpoint(folder, zip_folder(folder, "tiny-model"), sum(p.numel() for p in unet.parameters()))
+    return TinyCheckpoint(folder, zip_folder(folder, "tiny-model"), num_parameters(unet))
 
 
 @pytest.fixture(scope="session")
 def unconditional_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
     unet = tiny_unet(num_class_embeds=None)
     folder = save_pipeline_folder(tmp_path_factory.mktemp("ckpt") / "uncond", unet)
-    return TinyCheckpoint(folder, zip_folder(folder), sum(p.numel() for p in unet.parameters()))
+    return TinyCheckpoint(folder, zip_folder(folder), num_parameters(unet))
