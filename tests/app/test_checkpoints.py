@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.checkpoints.service import checkpoint_dir
 from app.models import Checkpoint
+from diffaudit.checkpoints import validate_checkpoint_dir
 from diffaudit.store import LocalStore
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -252,3 +254,14 @@ def test_server_path_outside_the_allowed_roots_is_refused(
         response = client.post("/v1/checkpoints", headers=auth, data={"path": path})
         assert response.status_code == 403, path
         assert "outside the folders" in response.json()["error"]["message"]
+
+
+def test_workers_get_a_local_folder_of_the_stored_checkpoint(
+    client: TestClient, auth: dict[str, str], tiny_checkpoint: TinyCheckpoint, store: LocalStore, session: Session
+) -> None:
+    body = upload_checkpoint(client, auth, tiny_checkpoint.zip_bytes).json()
+    row = session.get(Checkpoint, body["id"])
+    assert row is not None
+    folder = checkpoint_dir(store, row)
+    assert folder == store.root / "checkpoints" / body["id"]
+    assert validate_checkpoint_dir(folder).content_hash == body["content_hash"]
