@@ -55,6 +55,7 @@ class StageContext:
     cache: ArtifactStore  # content-addressed, shared by all jobs
     device: torch.device
     results: dict[str, dict[str, Any]]  # summaries of finished stages
+    allow_downloads: bool = False  # may extractors fetch hub weights (DIFFAUDIT_ALLOW_DOWNLOADS)
     report: Callable[[int, int], None] = lambda done, total: None
     is_cancelled: Callable[[], bool] = lambda: False
     _checkpoint: Any = field(default=None, repr=False)
@@ -125,6 +126,7 @@ def run(
     store: ArtifactStore,
     job_prefix: str,
     device: torch.device | None = None,
+    allow_downloads: bool = False,
     on_progress: ProgressFn | None = None,
     on_stage_done: Callable[[str, dict[str, Any]], None] | None = None,
     is_cancelled: Callable[[], bool] = lambda: False,
@@ -141,6 +143,7 @@ def run(
         cache=ScopedStore(store, "cache"),
         device=device or pick_device(),
         results={},
+        allow_downloads=allow_downloads,
         is_cancelled=is_cancelled,
     )
     for name in spec.stages:

@@ -43,8 +43,12 @@ class SampleSpec(_Frozen):
 class FeaturesSpec(_Frozen):
     """The `features` stage: embeddings of generated samples and (cached) training images."""
 
-    extractor: str = Field("random-cnn", description="extractor registry name, e.g. random-cnn, pixels, squeezenet1_1")
-    weights: str | None = Field(None, description="local weights file on the worker; none = seeded random initialisation")
+    extractor: str = Field(
+        "random-cnn", description="extractor registry name, e.g. random-cnn, pixels, squeezenet1_1"
+    )
+    weights: str | None = Field(
+        None, description="local weights file on the worker; none = seeded random initialisation"
+    )
     seed: int = Field(0, ge=0, description="seed of the random initialisation when no weights are given")
     batch_size: int = Field(256, ge=1, le=4096)
 

@@ -29,7 +29,9 @@ class FeaturesStage:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         spec = ctx.spec.features
-        extractor = create_extractor(spec.extractor, weights=spec.weights, seed=spec.seed, device=ctx.device)
+        extractor = create_extractor(
+            spec.extractor, weights=spec.weights, seed=spec.seed, device=ctx.device, allow_downloads=ctx.allow_downloads
+        )
         samples = load_array(ctx.job, SAMPLES_KEY)
         dataset = ctx.dataset
         user_features = dataset.info.kind == "features"

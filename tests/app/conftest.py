@@ -6,13 +6,11 @@ recorded, together with what a fresh database session sees at the moment of send
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from app_helpers import (
     TEST_LIMITS,
@@ -27,36 +25,18 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import make_engine, make_sessionmaker, upgrade_database
+from app.db import make_engine, make_sessionmaker
 from app.main import create_app
 from app.queue import get_enqueue
 from app.settings import Settings
 from app.tokens.service import create_token
 from diffaudit.store import LocalStore
 
-PG_ADMIN_URL = os.environ.get("DIFFAUDIT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/app/" in item.nodeid:
             item.add_marker(pytest.mark.postgres)
-
-
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A fresh PostgreSQL database migrated to head, dropped at the end of the session."""
-    name = f"diffaudit_test_{secrets.token_hex(6)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    url = f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
-    try:
-        upgrade_database(url)
-        yield url
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
