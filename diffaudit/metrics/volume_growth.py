@@ -28,8 +28,13 @@ sigma. With `measure="volume"` (the default) the stretch of axis k is taken afte
 axes sorted before it (the diagonal of R in a QR factorisation), so the sum is exactly the log of the
 parallelepiped's volume ratio, which is what the paper says Eq. 13 measures (and, for N = D axes and a
 linear model, the log-determinant of the step's Jacobian; the standard Lyapunov-spectrum method).
-`measure="stretch"` adds the raw axis lengths, Eq. 13 to the letter, an upper bound of the volume ratio
-(Hadamard's inequality). For N = 1 the two are identical.
+`measure="stretch"` adds the raw axis lengths, Eq. 13 to the letter and what the authors' code does
+(github.com/masa-longriver/Quantifying_the_Ease_of_Reproduction, src/evaluation/growth_rate_calculator.py),
+an upper bound of the volume ratio (Hadamard's inequality). For N = 1 the two are identical.
+
+The authors' code takes Euler steps of Eq. 8 for their continuous VP-SDE on linspace(eps, 1, T), the first
+at t = eps on the clean image, with images in [-1, 1] (so sigma = 0.05 is in those units, as here); the
+DDIM step above is the discrete-schedule counterpart for diffusers checkpoints.
 """
 
 from __future__ import annotations
