@@ -8,7 +8,8 @@ Method: (1) screening, blocked over queries and references, in float32 on the GP
 |q|^2 - 2 q.r + |r|^2 (one matrix multiply per block; references are centred first, which leaves Euclidean distances
 unchanged and shrinks the rounding), keeping the M = 2k + 6 best approximate candidates per query; (2) a rounding
 bound delta_q on each approximate squared distance (standard dot-product error analysis: |fl(q.r) - q.r| <=
-gamma_d sum|q_i r_i|, gamma_d = d u / (1 - d u), u = 2^-24, plus the float32 rounding of inputs and of the sum);
+gamma_d sum|q_i r_i|, gamma_d = d u / (1 - d u), u = 2^-24, plus the float32 rounding of inputs and of the sum,
+see _rounding_bound);
 (3) when the M-th approximate value exceeds the k-th by more than 2 delta_q, every reference that can be among the
 true k nearest (ties included) is a candidate, so the exact float64 distances of the candidates give brute force's
 answer; (4) the rare queries that fail (3) (many near-ties) get a second blocked pass that collects every reference
@@ -18,6 +19,7 @@ within the k-th approximate value + 2 delta_q and ranks them exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +28,8 @@ import torch
 from diffaudit.device import pick_device
 
 METRICS = ("euclidean", "cosine")
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_MEMORY_BUDGET = 2**30
+RECHECK_CHUNK_BYTES = 2**26  # float64 re-check arrays stay small enough to be recycled by the allocator
 UNIT_ROUNDOFF_FP32 = 2.0**-24
 
 
@@ -46,26 +49,33 @@ def nearest_neighbours(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     device: torch.device | str | None = None,
 ) -> Neighbours:
-    """Exact k nearest references of every query, as brute force returns them (ties: lowest index)."""
+    """Exact k nearest references of every query, as brute force returns them (ties: lowest index).
+
+    Working memory (beyond the inputs) stays within about memory_budget_bytes: the mapped references are kept on the
+    device when they take at most half of it, and otherwise re-made block by block.
+    """
     queries, references = _validated(queries, references, k, metric)
     dev = torch.device(device) if device is not None else pick_device()
-    space = _ScreeningSpace(references, metric)
-    block_q, block_r = _block_sizes(len(queries), len(references), queries.shape[1], k, memory_budget_bytes)
+    dim = queries.shape[1]
+    block_r = _reference_block_size(len(references), dim, memory_budget_bytes)
+    space = _ScreeningSpace(references, metric, block_r, memory_budget_bytes // 2, dev)
+    block_q = _query_block_size(len(queries), dim, block_r, memory_budget_bytes - space.resident_bytes)
     n_keep = min(len(references), 2 * k + 6)
+    tile = torch.empty(min(block_q, len(queries)) * block_r, device=dev)
     indices = np.empty((len(queries), k), np.int64)
     distances = np.empty((len(queries), k), np.float64)
     for start in range(0, len(queries), block_q):
         q_raw = queries[start : start + block_q]
-        q_block = space.tensor(q_raw, dev)
-        approx, cand = _screen(q_block, space, n_keep, block_r, dev)
-        limit = approx[:, k - 1] + 2 * _rounding_bound(q_block, space.norm_max(block_r), queries.shape[1])
-        idx, dist = _exact_among(q_raw, references, cand.cpu().numpy(), k, metric, memory_budget_bytes)
-        failing = (approx[:, -1] <= limit).cpu().numpy() & (len(references) > n_keep)
-        for i in np.flatnonzero(
-            failing
-        ):  # near-ties beyond the kept candidates: rank every reference within the limit exactly
-            within = _within_limit(q_block[i : i + 1], float(limit[i]), space, block_r, dev)
-            idx[i], dist[i] = _exact_among_chunked(q_raw[i], references, within, k, metric, memory_budget_bytes)
+        q_block = space.tensor(q_raw)
+        q_sq = _squared_norms(q_block)
+        approx, cand = _screen(q_block, q_sq, space, n_keep, tile)
+        limit = approx[:, k - 1] + 2 * _rounding_bound(q_sq, space.norm_max, dim)
+        within = (approx <= limit.unsqueeze(1)).cpu().numpy()
+        idx, dist = _exact_among(q_raw, references, cand.cpu().numpy(), within, k, metric, memory_budget_bytes)
+        for i in np.flatnonzero(within[:, -1] & (len(references) > n_keep)):
+            # near-ties beyond the kept candidates: rank every reference within the limit exactly
+            found = _within_limit(q_block[i : i + 1], float(limit[i]), space)
+            idx[i], dist[i] = _exact_among_chunked(q_raw[i], references, found, k, metric, memory_budget_bytes)
         indices[start : start + block_q], distances[start : start + block_q] = idx, dist
     return Neighbours(indices, distances)
 
@@ -87,92 +97,118 @@ def _validated(queries: np.ndarray, references: np.ndarray, k: int, metric: str)
 
 
 class _ScreeningSpace:
-    """Maps rows to float32 vectors whose squared Euclidean distances rank like the metric.
+    """Maps rows to float32 vectors whose squared Euclidean distances rank like the metric, on the device.
 
-    Euclidean: rows minus the references' mean (distances unchanged, rounding smaller). Cosine: rows divided by
-    their norm, since 1 - cos(q, r) = |q/|q| - r/|r||^2 / 2 (supplement Eq. 10).
+    Euclidean: rows minus a float32 copy of the references' mean (distances unchanged, rounding smaller; float32
+    rows are shifted in float32, one rounding of the shifted value). Cosine: rows divided by their norm, since
+    1 - cos(q, r) = |q/|q| - r/|r||^2 / 2 (supplement Eq. 10). Keeps every mapped reference's squared norm (float64)
+    and, when they fit in `resident_budget` bytes, the mapped references themselves.
     """
 
-    def __init__(self, references: np.ndarray, metric: str) -> None:
-        self.references = references
-        self.metric = metric
-        self.offset = references.mean(0, dtype=np.float64) if metric == "euclidean" else None
-        self._norm_max: float | None = None
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        rows = rows.astype(np.float64)
-        if self.offset is not None:
-            return (rows - self.offset).astype(np.float32)
-        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-    def tensor(self, rows: np.ndarray, dev: torch.device) -> torch.Tensor:
-        return torch.from_numpy(self.rows(rows)).to(dev)
-
-    def reference_blocks(self, block_r: int, dev: torch.device):
-        for start in range(0, len(self.references), block_r):
-            yield start, self.tensor(self.references[start : start + block_r], dev)
-
-    def norm_max(self, block_r: int) -> float:
-        """Largest norm of a mapped reference (float32 values, measured in float64)."""
-        if self._norm_max is None:
-            self._norm_max = max(
-                float(np.sqrt((self.rows(self.references[s : s + block_r]).astype(np.float64) ** 2).sum(1)).max())
-                for s in range(0, len(self.references), block_r)
+    def __init__(
+        self, references: np.ndarray, metric: str, block_r: int, resident_budget: int, dev: torch.device
+    ) -> None:
+        self.references, self.metric, self.block_r, self.dev = references, metric, block_r, dev
+        self.offset = references.mean(0, dtype=np.float64).astype(np.float32) if metric == "euclidean" else None
+        self.resident: torch.Tensor | None = None
+        if 4 * references.size <= resident_budget:
+            self.resident = torch.cat(
+                [self.tensor(references[s : s + block_r]) for s in range(0, len(references), block_r)]
             )
-        return self._norm_max
+        self.resident_bytes = 4 * references.size if self.resident is not None else 0
+        self.sq_norms = torch.cat([_squared_norms(block) for _, block in self.reference_blocks()])
+        self.norm_max = float(self.sq_norms.max().sqrt())
+
+    def tensor(self, rows: np.ndarray) -> torch.Tensor:
+        if self.offset is None:
+            rows64 = rows.astype(np.float64)
+            mapped = (rows64 / np.linalg.norm(rows64, axis=1, keepdims=True)).astype(np.float32)
+        elif rows.dtype == np.float32:
+            mapped = rows - self.offset
+        else:
+            mapped = (rows.astype(np.float64) - self.offset).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(mapped)).to(self.dev)
+
+    def reference_blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, len(self.references), self.block_r):
+            stop = start + self.block_r
+            yield (
+                start,
+                self.resident[start:stop] if self.resident is not None else self.tensor(self.references[start:stop]),
+            )
 
 
-def _block_sizes(n_queries: int, n_refs: int, dim: int, k: int, budget: int) -> tuple[int, int]:
-    """Query and reference block sizes whose working memory fits the budget (at least one row of each).
-
-    Per reference row: the float64 staging, the float32 block and its squared norms (3 x 4 x dim bytes); per query
-    row: its float32 and float64 copies (12 x dim), a float32 tile row with its top-k workspace (12 x block_r), and
-    the float64 re-check of its 2k + 6 candidates (24 x (2k + 6) x dim).
-    """
+def _reference_block_size(n_refs: int, dim: int, budget: int) -> int:
+    """Up to 4096 references per block, fewer when a block's staging copies (3 x 4 x dim bytes a row) need it."""
     block_r = max(1, min(n_refs, 4096))
-    while block_r > 1 and 3 * 4 * block_r * dim > budget // 2:
+    while block_r > 1 and 3 * 4 * block_r * dim > budget // 4:
         block_r //= 2
-    per_query = 12 * dim + 12 * block_r + 24 * (2 * k + 6) * dim
-    block_q = max(1, min(n_queries, (budget - 3 * 4 * block_r * dim) // per_query))
-    return block_q, block_r
+    return block_r
 
 
-def _approx_squared(q_block: torch.Tensor, r_block: torch.Tensor) -> torch.Tensor:
-    """|r|^2 - 2 q.r in float32 with one matrix multiply; adding |q|^2 gives the squared distance."""
-    r_sq = (r_block.double() ** 2).sum(1).float()
-    return torch.addmm(r_sq.unsqueeze(0), q_block, r_block.T, beta=1.0, alpha=-2.0)
+def _query_block_size(n_queries: int, dim: int, block_r: int, budget: int) -> int:
+    """Queries per block: per row its float32 and staging copies (12 x dim) and a tile row with top-k workspace
+    (12 x block_r), after the reference block's staging (12 x dim x block_r); at least one."""
+    per_query = 12 * dim + 12 * block_r
+    return max(1, min(n_queries, (budget - 12 * dim * block_r) // per_query))
+
+
+def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
+    """Squared norms of float32 rows, accumulated in float64."""
+    return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64) ** 2
+
+
+def _approx_squared(
+    q_block: torch.Tensor, r_block: torch.Tensor, r_sq: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """|r|^2 - 2 q.r in float32 with one matrix multiply (into `out` if given); adding |q|^2 gives the squared
+    distance."""
+    return torch.addmm(r_sq.float().unsqueeze(0), q_block, r_block.T, beta=1.0, alpha=-2.0, out=out)
 
 
 def _screen(
-    q_block: torch.Tensor, space: _ScreeningSpace, n_keep: int, block_r: int, dev: torch.device
+    q_block: torch.Tensor, q_sq: torch.Tensor, space: _ScreeningSpace, n_keep: int, tile: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The n_keep smallest approximate squared distances per query (ascending, float64) and their indices."""
-    best = torch.full((q_block.shape[0], 0), math.inf, device=dev)
-    best_idx = torch.zeros((q_block.shape[0], 0), dtype=torch.int64, device=dev)
-    for start, r_block in space.reference_blocks(block_r, dev):
-        partial = _approx_squared(q_block, r_block)
+    """The n_keep smallest approximate squared distances per query (ascending, float64) and their indices.
+
+    `tile` is a reused flat float32 buffer for the distance tiles (fresh large allocations cost page faults).
+    """
+    best = torch.full((q_block.shape[0], 0), math.inf, device=space.dev)
+    best_idx = torch.zeros((q_block.shape[0], 0), dtype=torch.int64, device=space.dev)
+    for start, r_block in space.reference_blocks():
+        out = tile[: len(q_block) * len(r_block)].view(len(q_block), len(r_block))
+        partial = _approx_squared(q_block, r_block, space.sq_norms[start : start + len(r_block)], out)
         vals, idx = torch.topk(partial, min(n_keep, partial.shape[1]), dim=1, largest=False, sorted=False)
         merged, merged_idx = torch.cat([best, vals], 1), torch.cat([best_idx, idx + start], 1)
         best, order = torch.topk(merged, min(n_keep, merged.shape[1]), dim=1, largest=False, sorted=True)
         best_idx = torch.gather(merged_idx, 1, order)
-    return best.double() + (q_block.double() ** 2).sum(1, keepdim=True), best_idx
+    return best.double() + q_sq.unsqueeze(1), best_idx
 
 
-def _rounding_bound(q_block: torch.Tensor, r_norm_max: float, dim: int) -> torch.Tensor:
-    """Bound on |approximate - exact| squared distance: (2 gamma_d + 8u) (|q| + max|r|)^2 (see module docstring)."""
+def _rounding_bound(q_sq: torch.Tensor, r_norm_max: float, dim: int) -> torch.Tensor:
+    """Bound on |approximate - exact| squared distance: 2 gamma_d |q| max|r| + 4u (|q| + max|r|)^2.
+
+    Terms: the float32 dot product, gamma_d sum|q_i r_i| <= gamma_d |q||r| (doubled); rounding |r|^2 to float32
+    (u |r|^2) and the addition in addmm (u (|r|^2 + 2|q||r|)); the float32 rounding of the mapped inputs
+    (2u (|q| + |r|)^2). Each is at most its share of the 4u term.
+    """
     u = UNIT_ROUNDOFF_FP32
     gamma = dim * u / (1 - dim * u)
-    return (2 * gamma + 8 * u) * (q_block.double().norm(dim=1) + r_norm_max) ** 2
+    q_norm = q_sq.sqrt()
+    return 2 * gamma * q_norm * r_norm_max + 4 * u * (q_norm + r_norm_max) ** 2
 
 
-def _within_limit(
-    q_row: torch.Tensor, limit: float, space: _ScreeningSpace, block_r: int, dev: torch.device
-) -> np.ndarray:
+def _within_limit(q_row: torch.Tensor, limit: float, space: _ScreeningSpace) -> np.ndarray:
     """Indices of every reference whose approximate squared distance to the query is at most limit."""
-    q_sq = float((q_row.double() ** 2).sum())
+    q_sq = float(_squared_norms(q_row)[0])
     found = [
-        start + np.flatnonzero(((_approx_squared(q_row, r_block)[0].double() + q_sq) <= limit).cpu().numpy())
-        for start, r_block in space.reference_blocks(block_r, dev)
+        start
+        + np.flatnonzero(
+            ((_approx_squared(q_row, block, space.sq_norms[start : start + len(block)])[0].double() + q_sq) <= limit)
+            .cpu()
+            .numpy()
+        )
+        for start, block in space.reference_blocks()
     ]
     return np.concatenate(found)
 
@@ -194,24 +230,30 @@ def _rank(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 
 
 def _exact_among(
-    queries: np.ndarray, references: np.ndarray, cand: np.ndarray, k: int, metric: str, budget: int
+    queries: np.ndarray,
+    references: np.ndarray,
+    cand: np.ndarray,
+    within: np.ndarray,
+    k: int,
+    metric: str,
+    budget: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of each query among its candidate references (cand shaped (n, m))."""
-    rows = max(1, budget // (24 * cand.shape[1] * queries.shape[1]))
-    idx_out = np.empty((len(queries), k), np.int64)
-    dist_out = np.empty((len(queries), k), np.float64)
-    for start in range(0, len(queries), rows):
-        c = cand[start : start + rows]
-        dist = _exact_distances(queries[start : start + rows], references[c], metric)
-        idx_out[start : start + rows], dist_out[start : start + rows] = _rank(dist, c, k)
-    return idx_out, dist_out
+    """Exact top-k of each query among its candidates cand[i, j] that are `within` the limit (the others cannot be
+    among the k nearest)."""
+    rows, cols = np.nonzero(within)
+    dist = np.full(cand.shape, np.inf)
+    chunk = max(1, min(budget, RECHECK_CHUNK_BYTES) // (24 * queries.shape[1]))
+    for start in range(0, rows.size, chunk):
+        r, c = rows[start : start + chunk], cols[start : start + chunk]
+        dist[r, c] = _exact_distances(queries[r], references[cand[r, c]][:, None, :], metric)[:, 0]
+    return _rank(dist, cand, k)
 
 
 def _exact_among_chunked(
     query: np.ndarray, references: np.ndarray, cand: np.ndarray, k: int, metric: str, budget: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of one query among any number of candidates, a chunk at a time."""
-    chunk = max(k, budget // (24 * references.shape[1]))
+    chunk = max(k, min(budget, RECHECK_CHUNK_BYTES) // (24 * references.shape[1]))
     best_idx, best_dist = np.zeros(0, np.int64), np.zeros(0, np.float64)
     for start in range(0, cand.size, chunk):
         c = cand[start : start + chunk]

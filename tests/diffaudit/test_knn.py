@@ -91,11 +91,13 @@ def test_float64_inputs_and_memory_budgets_give_the_same_answer():
 
 
 def test_block_sizes_fit_the_budget():
-    for budget, k in ((2**22, 1), (2**26, 5), (2**30, 1)):
-        block_q, block_r = knn._block_sizes(50_000, 50_000, 2048, k, budget)
-        assert 12 * block_r * 2048 + block_q * (12 * 2048 + 12 * block_r + 24 * (2 * k + 6) * 2048) <= budget
-        assert block_q >= 1 and block_r >= 1
-    assert knn._block_sizes(10, 20, 8, 1, 2**30) == (10, 20)  # small inputs: one block each
+    for budget in (2**22, 2**26, 2**30):
+        block_r = knn._reference_block_size(50_000, 2048, budget)
+        block_q = knn._query_block_size(50_000, 2048, block_r, budget // 2)
+        assert 12 * block_r * 2048 <= budget // 4 or block_r == 1
+        assert 12 * 2048 * block_r + block_q * (12 * 2048 + 12 * block_r) <= budget // 2 or block_q == 1
+    assert knn._reference_block_size(20, 8, 2**30) == 20
+    assert knn._query_block_size(10, 8, 20, 2**30) == 10  # small inputs: one block each
 
 
 def test_empty_queries_and_invalid_input():
