@@ -75,7 +75,8 @@ class Client:
         return self._check(self.http.get(f"/v1/evaluations/{evaluation_id}/results"))
 
     def artifacts(self, evaluation_id: str) -> list[str]:
-        return self._check(self.http.get(f"/v1/evaluations/{evaluation_id}/artifacts"))["artifacts"]
+        listing = self._check(self.http.get(f"/v1/evaluations/{evaluation_id}/artifacts"))
+        return [item["path"] for item in listing["items"]]
 
     def wait(self, evaluation_id: str, poll: float = 0.5, out: TextIO = sys.stderr) -> dict[str, Any]:
         """Follow a job with one progress bar per stage until it ends; return its final status."""
