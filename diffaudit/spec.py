@@ -19,6 +19,7 @@ SchedulerName = Literal["ddpm", "ddim", "pndm", "dpmsolver++", "unipc", "deis", 
 STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
     "sample": (),
     "features": ("sample",),
+    "memorization": ("sample",),  # after features: space "features"/"both" reads that stage's output
 }
 STAGE_ORDER: tuple[str, ...] = tuple(STAGE_REQUIRES)
 
@@ -53,11 +54,39 @@ class FeaturesSpec(_Frozen):
     batch_size: int = Field(256, ge=1, le=4096)
 
 
+class MemorizationSpec(_Frozen):
+    """The `memorization` stage: extraction test, nearest-neighbour distances, volume growth (003)."""
+
+    alpha: float = Field(0.5, gt=0, le=10, description="extraction test (003 Eq. 7): alpha; Carlini et al. use 0.5")
+    n_neighbours: int = Field(
+        50, ge=1, le=10_000, description="extraction test: n nearest training images averaged (Carlini et al.: 50)"
+    )
+    threshold: float = Field(1.0, gt=0, le=100, description="extraction test: a sample with a ratio below it is a copy")
+    space: Literal["pixels", "features", "both"] = Field(
+        "pixels", description="distances between pixels, features of the features stage (add it to stages), or both"
+    )
+    n_axes: int = Field(1, ge=1, le=4096, description="volume growth: orthogonal axes N around each training image")
+    sigma: float = Field(0.05, gt=0, le=1, description="volume growth: axis radius, in the model's [-1, 1] units")
+    n_steps: int = Field(1, ge=1, le=10_000, description="volume growth: ODE steps T (one per training timestep)")
+    measure: Literal["volume", "stretch"] = Field(
+        "volume", description="volume growth: parallelepiped volume, or raw axis stretches (identical for one axis)"
+    )
+    seed: int = Field(0, ge=0, description="volume growth: training image i draws its axes from seed + i")
+    batch_size: int = Field(64, ge=1, le=4096, description="volume growth: training images per UNet batch")
+    return_curve: bool = Field(False, description="volume growth: also store log l_t after every step")
+    max_images: int | None = Field(
+        None, ge=1, description="volume growth: score the first max_images training images; None = all of them"
+    )
+    grid_images: int = Field(64, ge=1, le=1024, description="images in the top and bottom volume-growth grids")
+    grid_pairs: int = Field(32, ge=1, le=512, description="flagged (generated, training) pairs shown side by side")
+
+
 class EvaluationSpec(_Frozen):
     version: Literal[1] = 1
     stages: tuple[str, ...] = Field(("sample", "features"), description="stages to run; prerequisites are added")
     sample: SampleSpec = SampleSpec()
     features: FeaturesSpec = FeaturesSpec()
+    memorization: MemorizationSpec = MemorizationSpec()
 
     @model_validator(mode="before")
     @classmethod
