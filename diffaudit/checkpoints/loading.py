@@ -244,7 +244,7 @@ def validate_checkpoint_dir(path: Path) -> CheckpointInfo:
 def load_checkpoint(path: Path, device: torch.device) -> Checkpoint:
     """The validated checkpoint with its UNet in eval mode on `device`."""
     checkpoint = read_checkpoint(path)
-    checkpoint.unet.to(device)  # type: ignore[call-arg]  # diffusers wraps Module.to; mypy misreads it
+    checkpoint.unet.to(device)  # type: ignore[arg-type]  # diffusers wraps Module.to; mypy misreads it
     return checkpoint
 
 

@@ -24,6 +24,7 @@ from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepSchedu
 class Scheduler(Protocol):
     """What the sampling loop uses of a diffusers scheduler."""
 
+    config: Any  # diffusers' FrozenDict of the constructor arguments
     timesteps: torch.Tensor
     init_noise_sigma: Any
 
