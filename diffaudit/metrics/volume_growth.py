@@ -192,13 +192,16 @@ def volume_growth_dataset(
     labels: np.ndarray | None = None,
     *,
     batch_size: int = 64,
+    first_index: int = 0,
     progress: ProgressFn | None = None,
     **options: Any,
 ) -> VolumeGrowth:
     """`volume_growth` of every image of a uint8 (N, H, W, C) array, in batches, with progress(done, total).
 
     `options` are volume_growth's keyword arguments (n_axes, sigma, n_steps, return_curve, ...). The scores
-    do not depend on batch_size. `progress` is called after every batch (it may raise to cancel).
+    do not depend on batch_size. `first_index` is the global index of images[0] (the array may be one chunk
+    of a larger set: image i's axes come from seed + first_index + i). `progress` is called after every
+    batch (it may raise to cancel).
     """
     n_images = images.shape[0]
     parts: list[VolumeGrowth] = []
@@ -211,7 +214,7 @@ def volume_growth_dataset(
                 scheduler_config,
                 uint8_to_model_range(images[start:stop]),
                 batch_labels,
-                first_index=start,
+                first_index=first_index + start,
                 **options,
             )
         )

@@ -186,6 +186,10 @@ def test_scores_do_not_depend_on_the_batch() -> None:
     np.testing.assert_allclose(ones.scores, whole.scores, rtol=1e-5, atol=1e-5)
     assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
     assert np.isfinite(whole.scores).all() and len(set(np.round(whole.scores, 6))) == 5
+    chunk = volume_growth_dataset(unet, SCHEDULER_CONFIG, pixels[3:], labels[3:], first_index=3, n_axes=2, n_steps=2)
+    np.testing.assert_allclose(chunk.scores, whole.scores[3:], rtol=1e-5, atol=1e-5)  # a chunk of a larger set
+    unseeded = volume_growth_dataset(unet, SCHEDULER_CONFIG, pixels[3:], labels[3:], n_axes=2, n_steps=2)
+    assert not np.allclose(unseeded.scores, whole.scores[3:], rtol=1e-5, atol=1e-5)  # other axes, other scores
 
 
 def test_invalid_parameters_are_refused() -> None:
