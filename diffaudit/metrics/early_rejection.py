@@ -55,6 +55,8 @@ class _DistinctCounter:
     def distinct_after_each(self, nn_indices: np.ndarray) -> np.ndarray:
         """Distinct count after each sample of the batch (in order); advances the stream past the batch."""
         nn = np.asarray(nn_indices, dtype=np.int64).ravel()
+        if nn.size and (nn.min() < 0 or nn.max() >= self.seen.size):
+            raise ValueError(f"nearest-neighbour indices must lie in [0, {self.seen.size})")
         is_new = np.zeros(nn.size, dtype=bool)
         values, first = np.unique(nn, return_index=True)
         is_new[first] = ~self.seen[values]

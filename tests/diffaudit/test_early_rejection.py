@@ -85,6 +85,11 @@ def test_sequential_false_rejection_rate_at_the_target_is_held():
     assert rejected / runs <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / runs)
 
 
+def test_indices_outside_the_training_set_are_refused():
+    with pytest.raises(ValueError, match="indices"):
+        BoundRule(10, 10, 0.8).update(np.array([3, 10]))
+
+
 def test_unknown_rule():
     with pytest.raises(ValueError, match="unknown rule"):
         make_rule("magic", 10, 10, 0.8)
