@@ -81,9 +81,10 @@ class Stage(Protocol):
 
 def _registry() -> dict[str, Stage]:
     from diffaudit.stages.features import FeaturesStage
+    from diffaudit.stages.guided import GuidedStage
     from diffaudit.stages.sample import SampleStage
 
-    stages: list[Stage] = [SampleStage(), FeaturesStage()]
+    stages: list[Stage] = [SampleStage(), FeaturesStage(), GuidedStage()]
     return {s.name: s for s in stages}
 
 

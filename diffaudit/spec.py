@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +20,7 @@ STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
     "sample": (),
     "features": ("sample",),
     "memorization": ("sample",),  # after features: space "features"/"both" reads that stage's output
+    "guided": ("sample", "features"),
 }
 STAGE_ORDER: tuple[str, ...] = tuple(STAGE_REQUIRES)
 
@@ -81,12 +82,57 @@ class MemorizationSpec(_Frozen):
     grid_pairs: int = Field(32, ge=1, le=512, description="flagged (generated, training) pairs shown side by side")
 
 
+GuidanceScale = Annotated[float, Field(ge=0, le=100)]
+
+
+class GuidedSpec(_Frozen):
+    """The `guided` stage: alpha-beta guided sampling towards low-density regions (Sehwag et al., 001)."""
+
+    alphas: tuple[GuidanceScale, ...] = Field(
+        (0.5,), min_length=1, max_length=16, description="scales alpha of the hardness guidance L_g1 (Eq. 7)"
+    )
+    betas: tuple[GuidanceScale, ...] = Field(
+        (0.5,), min_length=1, max_length=16, description="scales beta of the discriminator guidance L_g2 (Eq. 7)"
+    )
+    grid: bool = Field(
+        False, description="every alpha with every beta (Fig. 3 grid image); otherwise the pairs alphas[i], betas[i]"
+    )
+    tau: float = Field(1.0, gt=0, le=1000, description="temperature of the guiding losses (Eqs. 4 and 6)")
+    norm: Literal["linf", "l2"] = Field("linf", description="per-sample gradient normalisation (App. A.4: linf)")
+    n: int = Field(256, ge=2, le=1_000_000, description="baseline samples, and guided samples per (alpha, beta) pair")
+    scheduler: SchedulerName = Field("ddim", description="sampler of baseline, guided and discriminator samples")
+    steps: int = Field(50, ge=2, le=1000, description="number of denoising steps")
+    seed: int = Field(0, ge=0, description="sample i uses seed + i in every set; also seeds the networks' training")
+    batch_size: int = Field(64, ge=1, le=4096)
+    classifier_steps: int = Field(2000, ge=1, le=1_000_000, description="training steps of the guidance classifier")
+    classifier_weights: str | None = Field(
+        None, description="local .safetensors guidance classifier on the worker (diffaudit.guidance format)"
+    )
+    discriminator_steps: int = Field(2000, ge=1, le=1_000_000, description="training steps of the discriminator")
+    discriminator_samples: int | None = Field(
+        None,
+        ge=2,
+        le=10_000_000,
+        description="ordinary samples the discriminator learns; None = number of training images",
+    )
+    extractor: str = Field("random-cnn", description="extractor of the density metrics (independent of the guidance)")
+    extractor_weights: str | None = Field(None, description="local weights file of the density extractor")
+    extractor_seed: int = Field(0, ge=0, description="seed of the density extractor's random initialisation")
+
+    @model_validator(mode="after")
+    def _paired(self) -> GuidedSpec:
+        if not self.grid and len(self.alphas) != len(self.betas):
+            raise ValueError("alphas and betas must have the same length (pairs), or set grid to true")
+        return self
+
+
 class EvaluationSpec(_Frozen):
     version: Literal[1] = 1
     stages: tuple[str, ...] = Field(("sample", "features"), description="stages to run; prerequisites are added")
     sample: SampleSpec = SampleSpec()
     features: FeaturesSpec = FeaturesSpec()
     memorization: MemorizationSpec = MemorizationSpec()
+    guided: GuidedSpec = GuidedSpec()
 
     @model_validator(mode="before")
     @classmethod
