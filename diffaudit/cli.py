@@ -72,12 +72,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def print_outcome(client: Any, job: dict[str, Any]) -> int:
-    """Print a finished job's summary; exit code 0 when it succeeded."""
+    """Print a finished job's short summary (one headline per stage); exit code 0 when it succeeded."""
     print(f"evaluation {job['id']}: {job['status']}")
     if job.get("error"):
         print(f"  {job['error']}")
     if job["status"] in ("succeeded", "rejected"):
-        _print_json(client.results(job["id"]))
+        for name, summary in client.results(job["id"])["stages"].items():
+            print(f"  {name}: {summary.get('headline', '')}")
     return 0 if job["status"] == "succeeded" else 1
 
 

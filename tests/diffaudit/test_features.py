@@ -429,6 +429,7 @@ def test_features_stage_embeds_samples_and_caches_training_features(tmp_path):
     np.testing.assert_allclose(training, extractor(digits(30)), rtol=1e-5, atol=1e-6)
     assert progress[0] == (5, 42) and progress[-1] == (42, 42)
     assert summary == {
+        "headline": "12 generated samples embedded with random-cnn (256-d); training features computed",
         "extractor": "random-cnn",
         "dim": 256,
         "weights_sha256": None,
