@@ -126,6 +126,28 @@ class GuidedSpec(_Frozen):
         return self
 
 
+class AugmentationSpec(_Frozen):
+    """The `augmentation` stage: a classifier trained with and without generated samples and DS (paper 000 Table 2)."""
+
+    seeds: int = Field(3, ge=1, le=20, description="trainings per training set (seeds 0..seeds-1): mean and spread")
+    epochs: int = Field(10, ge=1, le=500, description="epochs of every classifier training")
+    minority_class: int | None = Field(
+        None, ge=0, description="class topped up with generated samples; None = smallest class if < half the largest"
+    )
+    minority_keep_fraction: float = Field(
+        1.0, gt=0, le=1, description="keep this share of minority_class's training images (0.2 = imbalance on purpose)"
+    )
+    max_extra_samples: int = Field(
+        1024, ge=0, le=1_000_000, description="cap on extra minority samples drawn when the job has too few of its DS"
+    )
+
+    @model_validator(mode="after")
+    def _fraction_needs_class(self) -> AugmentationSpec:
+        if self.minority_keep_fraction < 1 and self.minority_class is None:
+            raise ValueError("minority_keep_fraction below 1 needs minority_class (the class to make a minority)")
+        return self
+
+
 class EvaluationSpec(_Frozen):
     version: Literal[1] = 1
     stages: tuple[str, ...] = Field(("sample", "features"), description="stages to run; prerequisites are added")
@@ -133,6 +155,7 @@ class EvaluationSpec(_Frozen):
     features: FeaturesSpec = FeaturesSpec()
     memorization: MemorizationSpec = MemorizationSpec()
     guided: GuidedSpec = GuidedSpec()
+    augmentation: AugmentationSpec = AugmentationSpec()
 
     @model_validator(mode="before")
     @classmethod
