@@ -82,9 +82,10 @@ class Stage(Protocol):
 def _registry() -> dict[str, Stage]:
     from diffaudit.stages.features import FeaturesStage
     from diffaudit.stages.guided import GuidedStage
+    from diffaudit.stages.memorization import MemorizationStage
     from diffaudit.stages.sample import SampleStage
 
-    stages: list[Stage] = [SampleStage(), FeaturesStage(), GuidedStage()]
+    stages: list[Stage] = [SampleStage(), FeaturesStage(), GuidedStage(), MemorizationStage()]
     return {s.name: s for s in stages}
 
 
