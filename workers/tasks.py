@@ -71,7 +71,7 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
         if job.status != RUNNING:
             return
         spec = EvaluationSpec.model_validate(job.spec)
-        checkpoint, dataset_id = session.get(Checkpoint, job.checkpoint_id), job.dataset_id
+        checkpoint, dataset_id = session.get_one(Checkpoint, job.checkpoint_id), job.dataset_id
         service.mark_stage_started(session, evaluation_id, stage)
 
     settings = get_settings()
