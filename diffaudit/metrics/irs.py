@@ -194,7 +194,7 @@ def irs_summary(nn_indices: np.ndarray, n_train: int, alpha_e: float = 0.05) -> 
         "irs_alpha": irs_alpha(k, n_train),
         "ideal_irs_alpha": ideal_irs(alpha),
         "expected_ideal_irs_alpha": expected_ideal_irs(n, n_train),
-        **{key: value for key, value in irs_inf(k, n, n_train, alpha_e).items() if key not in ("n_learned",)},
+        **irs_inf(k, n, n_train, alpha_e),
     }
 
 

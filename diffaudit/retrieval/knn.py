@@ -52,9 +52,26 @@ def nearest_neighbours(
     """Exact k nearest references of every query, as brute force returns them (ties: lowest index).
 
     Working memory (beyond the inputs) stays within about memory_budget_bytes: the mapped references are kept on the
-    device when they take at most half of it, and otherwise re-made block by block.
+    device when they take at most half of it, and otherwise re-made block by block. Float32 matrix products run at
+    full precision ("highest": no TF32 or bfloat16 shortcuts, which the rounding bound does not cover) during the call.
     """
     queries, references = _validated(queries, references, k, metric)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        return _search(queries, references, k, metric, memory_budget_bytes, device)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+def _search(
+    queries: np.ndarray,
+    references: np.ndarray,
+    k: int,
+    metric: str,
+    memory_budget_bytes: int,
+    device: torch.device | str | None,
+) -> Neighbours:
     dev = torch.device(device) if device is not None else pick_device()
     dim = queries.shape[1]
     block_r = _reference_block_size(len(references), dim, memory_budget_bytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from diffaudit.retrieval import knn
 from diffaudit.retrieval.knn import nearest_neighbours
@@ -98,6 +99,24 @@ def test_block_sizes_fit_the_budget():
         assert 12 * 2048 * block_r + block_q * (12 * 2048 + 12 * block_r) <= budget // 2 or block_q == 1
     assert knn._reference_block_size(20, 8, 2**30) == 20
     assert knn._query_block_size(10, 8, 20, 2**30) == 10  # small inputs: one block each
+
+
+def test_full_precision_products_during_the_search_only(monkeypatch):
+    seen = []
+    original = knn._approx_squared
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_float32_matmul_precision())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(knn, "_approx_squared", recording)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        nearest_neighbours(np.eye(3), np.eye(3), device="cpu")
+        assert seen and set(seen) == {"highest"} and torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def test_empty_queries_and_invalid_input():
