@@ -83,9 +83,10 @@ def _registry() -> dict[str, Stage]:
     from diffaudit.stages.features import FeaturesStage
     from diffaudit.stages.guided import GuidedStage
     from diffaudit.stages.memorization import MemorizationStage
+    from diffaudit.stages.novelty import NoveltyStage
     from diffaudit.stages.sample import SampleStage
 
-    stages: list[Stage] = [SampleStage(), FeaturesStage(), GuidedStage(), MemorizationStage()]
+    stages: list[Stage] = [SampleStage(), FeaturesStage(), GuidedStage(), MemorizationStage(), NoveltyStage()]
     return {s.name: s for s in stages}
 
 

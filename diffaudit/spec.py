@@ -21,6 +21,9 @@ STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
     "features": ("sample",),
     "memorization": ("sample",),  # after features: space "features"/"both" reads that stage's output
     "guided": ("sample", "features"),
+    "novelty": ("sample", "features"),
+    "irs": ("sample", "features"),  # with irs.early_rejection, the sample stage already retrieves each batch
+    "balance": ("sample",),
 }
 STAGE_ORDER: tuple[str, ...] = tuple(STAGE_REQUIRES)
 
@@ -126,6 +129,48 @@ class GuidedSpec(_Frozen):
         return self
 
 
+class SolverChoice(_Frozen):
+    """One sampler of the novelty stage's solver comparison (paper 000, Table 1)."""
+
+    scheduler: SchedulerName = Field(..., description="diffusers scheduler")
+    steps: int = Field(..., ge=1, le=1000, description="number of denoising steps")
+
+
+class ExtractorChoice(_Frozen):
+    """One feature extractor of the novelty stage's comparison (paper 000, Table 3)."""
+
+    name: str = Field(..., description="extractor registry name, e.g. squeezenet1_1, vgg16, alexnet")
+    weights: str | None = Field(None, description="local weights file on the worker; none = seeded random init")
+
+
+class NoveltySpec(_Frozen):
+    """The `novelty` stage: diverse samples (paper 000, Sec. 3.5, Algorithms 1-2) and the solver comparison."""
+
+    mode: Literal["fixed", "joint"] = Field(
+        "fixed",
+        description="fixed: one t-SNE of the training features per dataset (cached), generated points placed into it; "
+        "joint: t-SNE of training and generated features together (the authors' code), per job",
+    )
+    seeds: int = Field(3, ge=1, le=10, description="t-SNE seeds 0..seeds-1; a sample is DS when most seeds say so")
+    perplexity: float = Field(30.0, ge=2, le=100, description="t-SNE perplexity")
+    pca_dims: int = Field(50, ge=2, le=1024, description="fixed mode: PCA dimensions before openTSNE")
+    n_iter: int = Field(
+        500, ge=50, le=5000, description="fixed mode: openTSNE iterations (plus n_iter / 2 of early exaggeration)"
+    )
+    transform_iter: int = Field(250, ge=10, le=5000, description="fixed mode: optimisation steps placing new points")
+    knn_k: int = Field(3, ge=1, le=100, description="k of the k-NN support detector (outside every k-NN ball)")
+    entropy_dims: int = Field(10, ge=1, le=64, description="PCA dimensions of the entropy and KL estimates")
+    entropy_k: int = Field(3, ge=1, le=50, description="k of the Kozachenko-Leonenko and KL estimators")
+    n_rounds: int = Field(10, ge=2, le=200, description="half-samples of the entropy and KL spread")
+    solvers: tuple[SolverChoice, ...] = Field(
+        (), max_length=12, description="extra samplers, each drawing sample.n samples from sample.seed (Table 1)"
+    )
+    extractors: tuple[ExtractorChoice, ...] = Field(
+        (), max_length=8, description="extra extractors besides features.extractor (Table 3), seeded with features.seed"
+    )
+    zip_limit: int = Field(1000, ge=0, le=100_000, description="at most this many DS images in the zip (best first)")
+
+
 class AugmentationSpec(_Frozen):
     """The `augmentation` stage: a classifier trained with and without generated samples and DS (paper 000 Table 2)."""
 
@@ -148,6 +193,44 @@ class AugmentationSpec(_Frozen):
         return self
 
 
+class IRSSpec(_Frozen):
+    """The `irs` stage: Image Retrieval Score with bounds, early rejection while sampling (002, Eq. 9, Sec. 7)."""
+
+    target: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="IRS_d: the least IRS_inf a model must reach (unadjusted; the paper's 0.8 is for strong "
+        "pretrained features, where the measurement gap is small; see docs/irs.md)",
+    )
+    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="nearest-neighbour distance (Sec. 10)")
+    alpha_e: float = Field(0.05, gt=0, lt=0.5, description="error rate: false rejection of a model at the target")
+    early_rejection: bool = Field(True, description="retrieve each batch while sampling and stop once rejected")
+    rule: Literal["sequential", "bound"] = Field(
+        "sequential",
+        description="sequential: group-sequential test over fixed looks (rejects early); bound: Eq. 9 with the "
+        "duplicates bound (never raises the error rate, rejects late)",
+    )
+    heldout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="datasets without a held-out split: share of items held out (seeded) for IRS_inf,a"
+    )
+    seed: int = Field(0, ge=0, description="seed of that held-out split")
+    grid_images: int = Field(8, ge=1, le=64, description="most retrieved training images shown in the grid")
+
+
+class BalanceSpec(_Frozen):
+    """The `balance` stage: generated class shares against the training shares (thesis 004, Ch. 4)."""
+
+    labels: Literal["classifier", "conditioning"] = Field(
+        "classifier",
+        description="classifier: classes predicted by a classifier trained on the training split (cached); "
+        "conditioning: the class-conditional model's own labels (the classifier checks them: agreement rate)",
+    )
+    classifier_epochs: int = Field(5, ge=1, le=500, description="epochs of the classifier training")
+    seed: int = Field(0, ge=0, description="seed of the classifier's initialisation and batch order")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="joint confidence of the per-class ratio intervals")
+
+
 class EvaluationSpec(_Frozen):
     version: Literal[1] = 1
     stages: tuple[str, ...] = Field(("sample", "features"), description="stages to run; prerequisites are added")
@@ -156,6 +239,9 @@ class EvaluationSpec(_Frozen):
     memorization: MemorizationSpec = MemorizationSpec()
     guided: GuidedSpec = GuidedSpec()
     augmentation: AugmentationSpec = AugmentationSpec()
+    novelty: NoveltySpec = NoveltySpec()
+    irs: IRSSpec = IRSSpec()
+    balance: BalanceSpec = BalanceSpec()
 
     @model_validator(mode="before")
     @classmethod

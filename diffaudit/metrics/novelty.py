@@ -82,15 +82,19 @@ def training_hull(points: np.ndarray) -> ConvexHull:
     return ConvexHull(np.asarray(points, dtype=np.float64))
 
 
+def hull_margin(hull: ConvexHull, points: np.ndarray, block_size: int = 65536) -> np.ndarray:
+    """Signed distance of each point outside the hull: max over facets of normal . x + offset (> 0 outside)."""
+    normals, offsets = hull.equations[:, :-1], hull.equations[:, -1]  # Qhull's facet normals have unit length
+    points = np.asarray(points, dtype=np.float64)
+    margin = np.empty(len(points), dtype=np.float64)
+    for start in range(0, len(points), block_size):
+        margin[start : start + block_size] = np.max(points[start : start + block_size] @ normals.T + offsets, axis=1)
+    return margin
+
+
 def outside_hull(hull: ConvexHull, points: np.ndarray, tol: float = 1e-9, block_size: int = 65536) -> np.ndarray:
     """True for points outside the hull: some facet has normal . x + offset > tol."""
-    normals, offsets = hull.equations[:, :-1], hull.equations[:, -1]
-    points = np.asarray(points, dtype=np.float64)
-    out = np.empty(len(points), dtype=bool)
-    for start in range(0, len(points), block_size):
-        block = points[start : start + block_size]
-        out[start : start + block_size] = np.max(block @ normals.T + offsets, axis=1) > tol
-    return out
+    return hull_margin(hull, points, block_size) > tol
 
 
 def diverse_samples(train_2d: np.ndarray, generated_2d: np.ndarray) -> np.ndarray:

@@ -1,0 +1,474 @@
+"""The `novelty` stage: diverse samples (DS), paper 000_9bfb40988b9fce7f, Sec. 3.5, Algorithms 1-2, Tables 1-4.
+
+For the job's samples and features (the `sample` and `features` stages) it runs the t-SNE + Quickhull
+detection over several seeds (diffaudit.metrics.novelty), the k-NN support detector, the entropy and
+KL estimates, and stores the artifacts: t-SNE scatter plot, the paper's Fig. 1 (DS beside ordinary
+samples and training images) and a zip of the DS images with their scores.
+
+Solver comparison (Table 1, Table 3): `novelty.solvers` adds samplers, each drawing sample.n samples
+from sample.seed (so sample i starts from the same noise under every solver), and
+`novelty.extractors` adds feature extractors. Every (solver, extractor) pair gets a row with its DS
+count and rate and the time each part took. In `fixed` mode all solvers share one training
+embedding per extractor, cached in the shared cache under the dataset's content hash.
+
+Resumable: extra solvers' samples keep their finished batches, every row's features and result are
+stored as they are made, and a job resumed after an interruption picks up at the first missing piece.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffaudit.features.cache import extract_features, training_features
+from diffaudit.features.extractors import Extractor
+from diffaudit.features.registry import create_extractor
+from diffaudit.imaging import image_grid, png_bytes
+from diffaudit.metrics.novelty import (
+    FIXED_FORMAT,
+    FixedEmbedding,
+    TsneDetection,
+    TsneParams,
+    fit_fixed_embedding,
+    hull_margin,
+    majority,
+    novelty_report,
+    outside_knn_balls,
+    seed_summary,
+    training_hull,
+    tsne_diverse_samples,
+    tsne_plot_png,
+)
+from diffaudit.pipeline import Queue, StageContext
+from diffaudit.retrieval.knn import nearest_neighbours
+from diffaudit.spec import NoveltySpec
+from diffaudit.store import ArtifactStore, ScopedStore, load_array, load_json, save_array, save_json
+
+SAMPLES_KEY = "sample/images.npy"
+LABELS_KEY = "sample/labels.npy"
+GENERATED_FEATURES_KEY = "features/generated.npy"
+TRAIN_2D_KEY = "novelty/train_2d.npy"
+GENERATED_2D_KEY = "novelty/generated_2d.npy"
+OUTSIDE_KEY = "novelty/outside.npy"  # (n_seeds, n) bool: outside the hull, per seed
+DS_KEY = "novelty/ds.npy"  # (n,) bool: majority of seeds
+KNN_OUTSIDE_KEY = "novelty/knn_outside.npy"  # (n,) bool: outside every training k-NN ball
+TSNE_PNG_KEY = "novelty/tsne.png"
+FIGURE_KEY = "novelty/diverse_samples.png"
+ZIP_KEY = "novelty/diverse_samples.zip"
+ROWS_PREFIX = "novelty/rows"
+SOLVERS_PREFIX = "novelty/solvers"
+FEATURES_PREFIX = "novelty/features"
+FIGURE_TILES = 36  # images per panel of the Fig. 1 artifact
+BH_LIMIT = 10_000  # openTSNE: Barnes-Hut below this many training points, FFT above
+
+
+@dataclass(frozen=True)
+class Solver:
+    scheduler: str
+    steps: int
+    from_sample_stage: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.scheduler}-{self.steps}"
+
+
+@dataclass(frozen=True)
+class ExtractorRef:
+    name: str
+    weights: str | None
+    from_features_stage: bool
+
+
+def solvers_of(ctx: StageContext) -> list[Solver]:
+    """The sample stage's solver first, then the requested ones (repeats dropped)."""
+    solvers = [Solver(ctx.spec.sample.scheduler, ctx.spec.sample.steps, True)]
+    for choice in ctx.spec.novelty.solvers:
+        if all(s.label != f"{choice.scheduler}-{choice.steps}" for s in solvers):
+            solvers.append(Solver(choice.scheduler, choice.steps, False))
+    return solvers
+
+
+def extractors_of(ctx: StageContext) -> list[ExtractorRef]:
+    """The features stage's extractor first, then the requested ones (repeats dropped)."""
+    refs = [ExtractorRef(ctx.spec.features.extractor, ctx.spec.features.weights, True)]
+    for choice in ctx.spec.novelty.extractors:
+        if all((r.name, r.weights) != (choice.name, choice.weights) for r in refs):
+            refs.append(ExtractorRef(choice.name, choice.weights, False))
+    return refs
+
+
+def tsne_params(spec: NoveltySpec, n_train: int) -> TsneParams:
+    """t-SNE settings from the spec; threads = torch's deliberately configured count."""
+    return TsneParams(
+        perplexity=spec.perplexity,
+        pca_dims=spec.pca_dims,
+        n_iter=spec.n_iter,
+        early_exaggeration_iter=spec.n_iter // 2,
+        transform_iter=spec.transform_iter,
+        negative_gradient_method="bh" if n_train < BH_LIMIT else "fft",
+        n_jobs=torch.get_num_threads(),
+    )
+
+
+# --- samples and features of every (solver, extractor) ---------------------------------------
+
+
+def solver_images(ctx: StageContext, solver: Solver) -> tuple[np.ndarray, float | None]:
+    """The solver's samples (drawn and stored on first use, resumable by batch) and the seconds drawing took."""
+    if solver.from_sample_stage:
+        return load_array(ctx.job, SAMPLES_KEY), ctx.results.get("sample", {}).get("seconds")
+    from diffaudit.stages.sample import IMAGES_KEY, draw_samples
+
+    scope = ScopedStore(ctx.job, f"{SOLVERS_PREFIX}/{solver.label}")
+    timing_key = "timing.json"
+    if not scope.exists(timing_key):
+        sample_spec = ctx.spec.sample.model_copy(update={"scheduler": solver.scheduler, "steps": solver.steps})
+        sub = dataclasses.replace(
+            ctx,
+            spec=ctx.spec.model_copy(update={"sample": sample_spec}),
+            job=scope,
+            report=lambda done, total: None,  # the stage reports whole rows
+            _checkpoint=ctx.checkpoint,
+        )
+        started = time.perf_counter()
+        draw_samples(sub)
+        save_json(scope, timing_key, {"seconds": time.perf_counter() - started})
+    return load_array(scope, IMAGES_KEY), float(load_json(scope, timing_key)["seconds"])
+
+
+def make_extractor(ctx: StageContext, ref: ExtractorRef) -> Extractor:
+    return create_extractor(
+        ref.name,
+        weights=ref.weights,
+        seed=ctx.spec.features.seed,
+        device=ctx.device,
+        allow_downloads=ctx.allow_downloads,
+    )
+
+
+def generated_features(
+    ctx: StageContext, solver: Solver, ref: ExtractorRef, extractor: Extractor | None, images: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Features of the solver's samples under the extractor (the features stage's when both are the job's)."""
+    if solver.from_sample_stage and ref.from_features_stage:
+        return load_array(ctx.job, GENERATED_FEATURES_KEY), 0.0
+    assert extractor is not None
+    key = f"{FEATURES_PREFIX}/{solver.label}/{extractor.cache_key()}.npy"
+    started = time.perf_counter()
+    if not ctx.job.exists(key):
+        batch_size = ctx.spec.features.batch_size
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "features.npy"
+            batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+            extract_features(extractor, batches, len(images), path, lambda done, total: ctx.check_cancelled())
+            ctx.job.put_file(key, path)
+    return load_array(ctx.job, key), time.perf_counter() - started
+
+
+def training_rows(ctx: StageContext, ref: ExtractorRef, extractor: Extractor | None) -> tuple[np.ndarray, str]:
+    """Features of the training split under the extractor, and a cache name for them."""
+    dataset = ctx.dataset
+    if ref.from_features_stage:
+        key = ctx.results["features"]["training_features_key"]
+        everything = dataset.features if key is None else load_array(ctx.cache, key)
+        name = "dataset-features" if key is None else ctx.results["features"]["cache_key"]
+    else:
+        if dataset.info.kind == "features":
+            raise ValueError(
+                "novelty.extractors needs an image dataset: this dataset holds features, so only the "
+                "features stage's extractor applies; remove novelty.extractors"
+            )
+        assert extractor is not None
+        everything = training_features(dataset, extractor, ctx.cache, ctx.spec.features.batch_size)
+        name = extractor.cache_key()
+    return np.asarray(everything[dataset.train_indices()], dtype=np.float32), name
+
+
+# --- the fixed embedding, shared through the cache -------------------------------------------
+
+
+def fixed_embedding_prefix(ctx: StageContext, features_name: str, seeds: tuple[int, ...], params: TsneParams) -> str:
+    """Cache folder of the fixed embedding: dataset content, training split, features and t-SNE settings."""
+    split = hashlib.sha256(np.ascontiguousarray(ctx.dataset.train_indices(), dtype=np.int64).tobytes()).hexdigest()
+    settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "n_jobs"}
+    what = {"format": FIXED_FORMAT, "seeds": list(seeds), "params": settings, "train_split": split}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+    safe_name = features_name.replace("/", "_").replace(":", "_")
+    return f"tsne/{ctx.dataset.info.content_hash}/{safe_name}/{digest}"
+
+
+def cached_fixed_embedding(
+    cache: ArtifactStore, prefix: str, train: np.ndarray, seeds: tuple[int, ...], params: TsneParams, device: Any
+) -> tuple[FixedEmbedding, bool]:
+    """The fixed embedding from the cache, or fitted and stored there (meta.json last: it marks completeness)."""
+    meta_key = f"{prefix}/meta.json"
+    if cache.exists(meta_key):
+        metadata = load_json(cache, meta_key)
+        arrays = {name: load_array(cache, f"{prefix}/{name}.npy", mmap=False) for name in metadata["arrays"]}
+        return FixedEmbedding.restore(arrays, metadata, train), True
+    fixed = fit_fixed_embedding(train, seeds, params, device=device)
+    arrays = fixed.to_arrays()
+    for name, array in arrays.items():
+        save_array(cache, f"{prefix}/{name}.npy", array)
+    save_json(cache, meta_key, {**fixed.metadata(), "arrays": sorted(arrays)})
+    return fixed, False
+
+
+# --- one row of the comparison ----------------------------------------------------------------
+
+
+def detect(
+    train: np.ndarray, generated: np.ndarray, spec: NoveltySpec, params: TsneParams, fixed: FixedEmbedding | None
+) -> TsneDetection:
+    seeds = tuple(range(spec.seeds))
+    return tsne_diverse_samples(train, generated, mode=spec.mode, seeds=seeds, params=params, fixed=fixed)
+
+
+def table_row(
+    solver: Solver,
+    extractor_name: str,
+    random_init: bool | None,
+    detection: TsneDetection,
+    knn_outside: np.ndarray,
+    seconds: dict[str, float | None],
+) -> dict[str, Any]:
+    """Table 1 / Table 3 row: DS count and rate of one (solver, extractor), with the time each part took."""
+    summary = seed_summary(detection.outside, detection.seeds)
+    return {
+        "scheduler": solver.scheduler,
+        "steps": solver.steps,
+        "extractor": extractor_name,
+        "random_init": random_init,
+        "n": int(detection.outside.shape[1]),
+        "ds_count": summary["majority_count"],
+        "ds_rate": summary["majority_rate"],
+        "ds_count_per_seed": summary["count_per_seed"],
+        "ds_count_std": summary["count_std"],
+        "ds_jaccard_mean": summary["jaccard_mean"],
+        "knn_support_count": int(np.sum(knn_outside)),
+        "sampling_seconds": None if seconds["sampling"] is None else round(seconds["sampling"], 3),
+        "features_seconds": round(float(seconds["features"] or 0.0), 3),
+        "detection_seconds": round(float(seconds["detection"] or 0.0), 3),
+    }
+
+
+# --- artifacts of the job's own samples -------------------------------------------------------
+
+
+def ds_scores(
+    detection: TsneDetection, knn_outside: np.ndarray, train: np.ndarray, generated: np.ndarray, device: Any
+) -> list[dict[str, Any]]:
+    """One row per majority DS, best first: seeds voting, mean signed distance outside the hull, k-NN flag."""
+    ds = np.flatnonzero(majority(detection.outside))
+    if len(ds) == 0:
+        return []
+    margins = np.stack(
+        [hull_margin(training_hull(t), g[ds]) for t, g in zip(detection.train_2d, detection.generated_2d, strict=True)]
+    )
+    votes = detection.outside[:, ds].sum(axis=0)
+    nearest = nearest_neighbours(np.asarray(generated[ds], dtype=np.float32), train, k=1, device=device).distances[:, 0]
+    rows = [
+        {
+            "sample_index": int(i),
+            "tsne_votes": int(v),
+            "tsne_seeds": len(detection.seeds),
+            "hull_margin_mean": float(m),
+            "knn_outside": bool(knn_outside[i]),
+            "nearest_training_distance": float(d),
+        }
+        for i, v, m, d in zip(ds, votes, margins.mean(axis=0), nearest, strict=True)
+    ]
+    return sorted(rows, key=lambda r: (-r["tsne_votes"], -r["hull_margin_mean"]))
+
+
+def ds_zip(images: np.ndarray, labels: np.ndarray | None, scores: list[dict[str, Any]], limit: int) -> bytes:
+    """A zip of the (best `limit`) DS images as PNG files, with scores.csv describing each."""
+    buffer = io.BytesIO()
+    table = io.StringIO()
+    columns = ["rank", "file", "sample_index", "class_label", *list(scores[0])[1:]] if scores else ["rank", "file"]
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for rank, row in enumerate(scores[:limit]):
+            i = row["sample_index"]
+            name = f"ds_{rank:05d}_sample{i}.png"
+            archive.writestr(name, png_bytes(image_grid(images[i : i + 1], scale=1, pad=0)))
+            label = None if labels is None else int(labels[i])
+            writer.writerow({"rank": rank, "file": name, "class_label": label, **row})
+        archive.writestr("scores.csv", table.getvalue())
+    return buffer.getvalue()
+
+
+def figure_one_png(ds_images: np.ndarray, ordinary: np.ndarray, training: np.ndarray) -> bytes:
+    """The paper's Fig. 1: DS beside ordinary generated samples and training images, one panel each."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    panels = [
+        (ds_images, f"diverse samples ({len(ds_images)} shown)"),
+        (ordinary, "ordinary generated samples"),
+        (training, "training images"),
+    ]
+    for position, (images, title) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, 3, position)
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=10)
+        if len(images) == 0:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+            continue
+        grid = np.asarray(image_grid(images, ncols=6))
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def store_artifacts(
+    ctx: StageContext,
+    detection: TsneDetection,
+    knn_outside: np.ndarray,
+    train: np.ndarray,
+    generated: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Arrays, t-SNE plot, Fig. 1 and the DS zip of the job's own samples; returns the DS scores."""
+    job, spec = ctx.job, ctx.spec.novelty
+    save_array(job, TRAIN_2D_KEY, detection.train_2d.astype(np.float32))
+    save_array(job, GENERATED_2D_KEY, detection.generated_2d.astype(np.float32))
+    save_array(job, OUTSIDE_KEY, detection.outside)
+    ds = majority(detection.outside)
+    save_array(job, DS_KEY, ds)
+    save_array(job, KNN_OUTSIDE_KEY, knn_outside)
+    job.put_bytes(TSNE_PNG_KEY, tsne_plot_png(detection, 0))
+    images = load_array(job, SAMPLES_KEY)
+    labels = load_array(job, LABELS_KEY) if job.exists(LABELS_KEY) else None
+    scores = ds_scores(detection, knn_outside, train, generated, ctx.device)
+    shown = [r["sample_index"] for r in scores[:FIGURE_TILES]]
+    ordinary = np.flatnonzero(~ds)[:FIGURE_TILES]
+    training_images = training_image_examples(ctx)
+    job.put_bytes(FIGURE_KEY, figure_one_png(images[shown], images[ordinary], training_images))
+    job.put_bytes(ZIP_KEY, ds_zip(images, labels, scores, spec.zip_limit))
+    return scores
+
+
+def training_image_examples(ctx: StageContext) -> np.ndarray:
+    """Evenly spaced training images for Fig. 1 (none for a dataset of features)."""
+    dataset = ctx.dataset
+    if dataset.info.kind == "features":
+        return np.zeros((0, 1, 1, 1), dtype=np.uint8)
+    train = dataset.train_indices()
+    picks = train[np.linspace(0, len(train) - 1, min(FIGURE_TILES, len(train))).astype(int)]
+    return np.asarray(dataset.images[np.sort(picks)])
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def headline(summary: dict[str, Any]) -> str:
+    tsne, support, info = summary["tsne"], summary["knn_support"], summary["information"]
+    per_seed = "/".join(str(c) for c in tsne["count_per_seed"])
+    text = (
+        f"DS ({tsne['mode']} t-SNE, majority of {len(tsne['seeds'])} seeds): {tsne['majority_count']} of "
+        f"{summary['n_generated']} ({100 * tsne['majority_rate']:.1f}%; per seed {per_seed}, Jaccard "
+        f"{tsne['jaccard_mean']:.2f}); outside every {support['k']}-NN ball: {support['count']}; "
+        f"agreement kappa {summary['agreement']['cohen_kappa']:.2f}; KL(gen||train) "
+        f"{info['kl_generated_train']:.2f} +- {info['kl_generated_train_se']:.2f} nats"
+    )
+    rows = summary["table"]
+    if len(rows) > 1:
+        text += "; DS by solver/extractor: " + ", ".join(
+            f"{r['scheduler']}-{r['steps']}/{r['extractor']} {r['ds_count']}" for r in rows
+        )
+    return text
+
+
+class NoveltyStage:
+    name = "novelty"
+    # gpu: besides statistics, this stage runs the UNet (extra solvers' samples) and extractors (their features)
+    queue: Queue = "gpu"
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        spec = ctx.spec.novelty
+        solvers, refs = solvers_of(ctx), extractors_of(ctx)
+        total, done = len(solvers) * len(refs), 0
+        ctx.report(0, total)
+        extractors: dict[ExtractorRef, Extractor | None] = {
+            r: None if r.from_features_stage else make_extractor(ctx, r) for r in refs
+        }
+        trainings = {r: training_rows(ctx, r, extractors[r]) for r in refs}
+        embeddings: dict[ExtractorRef, tuple[FixedEmbedding | None, bool | None]] = {}
+        rows: list[dict[str, Any]] = []
+        report: dict[str, Any] = {}
+        for solver in solvers:
+            images, sampling_seconds = solver_images(ctx, solver)
+            for ref in refs:
+                ctx.check_cancelled()
+                row_key = f"{ROWS_PREFIX}/{solver.label}/{ref.name.replace('/', '_').replace(':', '_')}.json"
+                primary = solver.from_sample_stage and ref.from_features_stage
+                if ctx.job.exists(row_key) and not primary:
+                    rows.append(load_json(ctx.job, row_key))
+                    done += 1
+                    ctx.report(done, total)
+                    continue
+                train, features_name = trainings[ref]
+                generated, features_seconds = generated_features(ctx, solver, ref, extractors[ref], images)
+                started = time.perf_counter()
+                params = tsne_params(spec, len(train))
+                if spec.mode == "fixed" and ref not in embeddings:
+                    prefix = fixed_embedding_prefix(ctx, features_name, tuple(range(spec.seeds)), params)
+                    embeddings[ref] = cached_fixed_embedding(
+                        ctx.cache, prefix, train, tuple(range(spec.seeds)), params, ctx.device
+                    )
+                fixed = embeddings.get(ref, (None, None))[0]
+                detection = detect(train, generated, spec, params, fixed)
+                knn_outside = outside_knn_balls(train, generated, spec.knn_k, device=ctx.device)
+                seconds = {"sampling": sampling_seconds, "features": features_seconds}
+                seconds["detection"] = time.perf_counter() - started
+                extractor = extractors[ref]
+                random_init = ctx.results["features"]["random_init"] if extractor is None else extractor.random_init
+                name = ctx.results["features"]["extractor"] if extractor is None else extractor.name
+                row = table_row(solver, name, random_init, detection, knn_outside, seconds)
+                if primary:
+                    report = novelty_report(
+                        train,
+                        generated,
+                        detection,
+                        spec.knn_k,
+                        spec.entropy_dims,
+                        spec.entropy_k,
+                        spec.n_rounds,
+                        device=ctx.device,
+                    )
+                    scores = store_artifacts(ctx, detection, knn_outside, train, generated)
+                    report["ds_top"] = scores[:10]
+                save_json(ctx.job, row_key, row)
+                rows.append(row)
+                done += 1
+                ctx.report(done, total)
+        report["tsne"].pop("majority_indices")  # in novelty/ds.npy; keeps the summary small
+        report["knn_support"].pop("indices")  # in novelty/knn_outside.npy
+        fixed_info = {ref.name: {"cache_hit": hit} for ref, (_, hit) in embeddings.items()}
+        summary = {
+            **report,
+            "mode": spec.mode,
+            "fixed_embedding": fixed_info or None,
+            "table": rows,
+            "artifacts": [TSNE_PNG_KEY, FIGURE_KEY, ZIP_KEY, DS_KEY, OUTSIDE_KEY, GENERATED_2D_KEY, KNN_OUTSIDE_KEY],
+        }
+        summary["headline"] = headline(summary)
+        return summary
