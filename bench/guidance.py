@@ -5,7 +5,7 @@ block_out_channels (32, 64, 64), layers_per_block 1, 10 classes) with seeded ran
 depend on them) and the demo's noise schedule. Guidance: the service's own networks (TimeConditionedCNN with
 its default size, a 10-class classifier and a real/synthetic discriminator, random weights) with
 identity-precision Gaussians at every timestep, alpha = beta = 0.5. Same scheduler, steps, batch and seeds
-for both; the unguided run is diffaudit.checkpoints.sampling.denoise, the project's baseline loop.
+for both; both runs are diffaudit.checkpoints.sampling.denoise, the project's one loop (guided: with the hook).
 
 Printed, measured in one run: seconds per step of each (best of REPEATS, after a warm-up), their ratio
 (target <= 1.5), for DDPM (Eq. 7) and DDIM (noise-prediction shift); and the one-off cost of fitting the
@@ -29,7 +29,7 @@ from diffaudit.datasets.digits import load_digits16
 from diffaudit.demo import demo_scheduler, demo_unet
 from diffaudit.guidance.classifier import TimeConditionedCNN, images_to_model_range
 from diffaudit.guidance.hardness import fit_timestep_gaussians
-from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps, guided_denoise
+from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
 from diffaudit.metrics.density import ClassGaussians
 
 TORCH_THREADS = 1
@@ -75,7 +75,8 @@ def time_scheduler(name: str, unet: Any) -> float:
 
     def guided() -> None:
         scheduler = make_scheduler(name, config)
-        guided_denoise(unet, scheduler, seeds=seeds, steps=STEPS, class_labels=labels, device=CPU, guidance=guidance)
+        with torch.inference_mode():
+            denoise(unet, scheduler, seeds=seeds, steps=STEPS, class_labels=labels, device=CPU, guidance=guidance)
 
     base, steered = best_seconds(unguided) / STEPS, best_seconds(guided) / STEPS
     ratio = steered / base

@@ -4,12 +4,17 @@ Sample i depends only on (seed + i): its initial noise and the noise of every st
 come from its own torch.Generator seeded seed + i (diffusers' randn_tensor draws one tensor
 per generator when given a list), so results do not depend on the batch size or on where
 batches start. The generators live on the CPU, so the noise is also the same on every device.
+
+An optional per-step hook (`StepGuidance`, e.g. diffaudit.guidance.LowDensityGuidance) sees each
+step's model output between the UNet call and scheduler.step: it may replace the output and
+return a shift added to the scheduler's x_{t-1}. Without a hook the loop is the plain sampler.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,6 +22,20 @@ from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffaudit.checkpoints.schedulers import Scheduler
+
+
+class StepGuidance(Protocol):
+    """A per-step hook of the sampling loop: returns (model output to use, shift added to x_{t-1} or None)."""
+
+    def __call__(
+        self,
+        scheduler: Scheduler,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        model_output: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        is_last: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 def class_labels_for(n: int, num_classes: int | None, class_label: int | None) -> np.ndarray | None:
@@ -46,8 +65,12 @@ def denoise(
     steps: int,
     class_labels: torch.Tensor | None,
     device: torch.device,
+    guidance: StepGuidance | None = None,
 ) -> torch.Tensor:
-    """One batch through the reverse process, sample j driven by a generator seeded seeds[j]."""
+    """One batch through the reverse process, sample j driven by a generator seeded seeds[j].
+
+    guidance: called at every step between the UNet and scheduler.step (is_last tells it the final step).
+    """
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     size = unet.config["sample_size"]
     height, width = (size, size) if isinstance(size, int) else size
@@ -56,10 +79,17 @@ def denoise(
     x = randn_tensor(shape, generator=generators, device=device, dtype=unet.dtype) * scheduler.init_noise_sigma
     stochastic = "generator" in inspect.signature(scheduler.step).parameters
     step_options = {"generator": generators} if stochastic else {}
-    for t in scheduler.timesteps:
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(x, t)
         model_output = unet(model_input, t, class_labels=class_labels).sample
+        shift = None
+        if guidance is not None:
+            is_last = i == len(timesteps) - 1
+            model_output, shift = guidance(scheduler, model_input, t, model_output, class_labels, is_last)
         x = scheduler.step(model_output, t, x, **step_options).prev_sample
+        if shift is not None:
+            x = x + shift
     return x
 
 
@@ -74,8 +104,12 @@ def sample_batches(
     class_labels: np.ndarray | None,
     device: torch.device,
     start: int = 0,
+    guidance: StepGuidance | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Samples start..n-1 in batches: yields (index of the batch's first sample, uint8 NHWC images)."""
+    """Samples start..n-1 in batches: yields (index of the batch's first sample, uint8 NHWC images).
+
+    guidance: a per-step hook (see `denoise`); it leaves inference mode itself if it needs gradients.
+    """
     for first in range(start, n, batch_size):
         count = min(batch_size, n - first)
         labels = None
@@ -89,5 +123,6 @@ def sample_batches(
                 steps=steps,
                 class_labels=labels,
                 device=device,
+                guidance=guidance,
             )
         yield first, to_uint8_images(x)

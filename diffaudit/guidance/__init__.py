@@ -13,7 +13,7 @@ from diffaudit.guidance.classifier import (
 )
 from diffaudit.guidance.hardness import fit_timestep_gaussians
 from diffaudit.guidance.losses import discriminator_guidance_loss, hardness_guidance_loss, normalize_gradient
-from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps, guided_sample_batches
+from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
 
 __all__ = [
     "REAL",
@@ -24,7 +24,6 @@ __all__ = [
     "discriminator_guidance_loss",
     "fit_timestep_gaussians",
     "guidance_timesteps",
-    "guided_sample_batches",
     "hardness_guidance_loss",
     "images_to_model_range",
     "network_from_bytes",

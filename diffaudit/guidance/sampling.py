@@ -16,25 +16,21 @@ discriminator (Eq. 6), with per-sample unit l-infinity gradients (App. A.4). It 
 
 Algorithm 1 applies no guidance at the last step (s = 0); the DDIM variant follows it.
 
-The guidance is a callable used as a per-step hook by the sampling loop: it receives the model output
-and returns the (possibly adjusted) model output and a shift to add to the scheduler's x_{t-1}.
-With alpha = beta = 0 it changes nothing, and `guided_sample_batches` reproduces
-`diffaudit.checkpoints.sampling.sample_batches` bit for bit (same per-sample generators seed + i).
+The guidance is the per-step hook (`StepGuidance`) of the project's one sampling loop,
+`diffaudit.checkpoints.sampling.sample_batches(..., guidance=LowDensityGuidance(...))`: it receives the model
+output and returns the (possibly adjusted) model output and a shift to add to the scheduler's x_{t-1}.
+With alpha = beta = 0 it changes nothing, so guided samples equal the baseline ones bit for bit (same
+per-sample generators seed + i).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from diffusers.utils.torch_utils import randn_tensor
 
-from diffaudit.checkpoints.sampling import to_uint8_images
 from diffaudit.guidance.classifier import TimeConditionedCNN
 from diffaudit.guidance.losses import (
     GradientNorm,
@@ -44,23 +40,8 @@ from diffaudit.guidance.losses import (
 )
 from diffaudit.metrics.density import ClassGaussians
 
-# diffusers' UNet2DModel and schedulers (Scheduler subclasses) are opaque to mypy: typed as Any here.
-UNet = Any
+# diffusers' schedulers (Scheduler subclasses) are opaque to mypy: typed as Any here.
 Scheduler = Any
-
-
-class StepGuidance(Protocol):
-    """A per-step hook of the sampling loop: returns (model output to use, shift added to x_{t-1} or None)."""
-
-    def __call__(
-        self,
-        scheduler: Scheduler,
-        model_input: torch.Tensor,
-        t: torch.Tensor,
-        model_output: torch.Tensor,
-        class_labels: torch.Tensor | None,
-        is_last: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 @dataclass
@@ -180,75 +161,6 @@ def shift_noise_prediction(
         raise ValueError(f"prediction_type {prediction_type!r} is not supported by guided sampling")
     channels = u.shape[1]
     return torch.cat([model_output[:, :channels] + change, model_output[:, channels:]], dim=1)
-
-
-def guided_denoise(
-    unet: UNet,
-    scheduler: Scheduler,
-    *,
-    seeds: list[int],
-    steps: int,
-    class_labels: torch.Tensor | None,
-    device: torch.device,
-    guidance: StepGuidance | None,
-) -> torch.Tensor:
-    """One batch through the reverse process with a guidance hook; the loop of checkpoints.sampling.denoise."""
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    size = unet.config.sample_size
-    shape = (len(seeds), unet.config.in_channels, size, size)
-    scheduler.set_timesteps(steps, device=device)
-    stochastic = "generator" in inspect.signature(scheduler.step).parameters
-    step_options = {"generator": generators} if stochastic else {}
-    timesteps = scheduler.timesteps
-    with torch.inference_mode():  # as the baseline loop; the guidance leaves inference mode for its gradients
-        x = randn_tensor(shape, generator=generators, device=device, dtype=unet.dtype) * scheduler.init_noise_sigma
-        for i, t in enumerate(timesteps):
-            model_input = scheduler.scale_model_input(x, t)
-            model_output = unet(model_input, t, class_labels=class_labels).sample
-            shift = None
-            if guidance is not None:
-                is_last = i == len(timesteps) - 1
-                model_output, shift = guidance(scheduler, model_input, t, model_output, class_labels, is_last)
-            x = scheduler.step(model_output, t, x, **step_options).prev_sample
-            if shift is not None:
-                x = x + shift
-    return x
-
-
-def guided_sample_batches(
-    unet: UNet,
-    scheduler: Scheduler,
-    guidance: StepGuidance | None,
-    *,
-    n: int,
-    steps: int,
-    seed: int,
-    batch_size: int,
-    class_labels: np.ndarray | None,
-    device: torch.device,
-    start: int = 0,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Guided samples start..n-1 in batches, yielding (first index, uint8 NHWC images) like sample_batches.
-
-    Sample i uses the noise of seed + i, so guided sample i and baseline sample i start from the same x_T and,
-    for stochastic schedulers, see the same z at every step. A class-conditional checkpoint generates class
-    class_labels[i], and the guidance pushes it towards the low-density part of that class.
-    """
-    for first in range(start, n, batch_size):
-        count = min(batch_size, n - first)
-        labels = None
-        if class_labels is not None:
-            labels = torch.as_tensor(class_labels[first : first + count], dtype=torch.long, device=device)
-        x = guided_denoise(
-            unet,
-            scheduler,
-            seeds=[seed + i for i in range(first, first + count)],
-            steps=steps,
-            class_labels=labels,
-            device=device,
-            guidance=guidance,
-        )
-        yield first, to_uint8_images(x)
 
 
 def guidance_timesteps(scheduler: Scheduler, steps: int) -> list[int]:

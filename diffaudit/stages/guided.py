@@ -31,13 +31,14 @@ import itertools
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from diffaudit.checkpoints import Checkpoint, class_labels_for, make_scheduler
+from diffaudit.checkpoints import Checkpoint, class_labels_for, make_scheduler, sample_batches
 from diffaudit.features.cache import training_features
 from diffaudit.features.extractors import Extractor
 from diffaudit.features.registry import create_extractor, local_weights_path
@@ -53,7 +54,7 @@ from diffaudit.guidance.classifier import (
     train_guidance_classifier,
 )
 from diffaudit.guidance.hardness import fit_timestep_gaussians
-from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps, guided_sample_batches
+from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.metrics.density import (
     ClassGaussians,
@@ -133,46 +134,43 @@ class GuidedStage:
 def run_guided(ctx: StageContext) -> dict[str, Any]:
     spec: GuidedSpec = ctx.spec.guided
     checkpoint: Checkpoint = ctx.checkpoint
-    train_images, train_labels, heldout_images = training_data(ctx)
+    split = training_data(ctx)
     conditional = checkpoint.info.num_class_embeds is not None
     pairs = guidance_pairs(spec)
-    num_synthetic = spec.discriminator_samples or len(train_images)
+    names = [set_name(alpha, beta) for alpha, beta in pairs]
+    num_synthetic = spec.discriminator_samples or len(split.train_images)
     progress = Progress(
         ctx,
         {
             "classifier": spec.classifier_steps,
             "synthetic": num_synthetic,
             "discriminator": spec.discriminator_steps,
-            "sets": spec.n * (1 + len(pairs)),
+            **{name: spec.n for name in ["baseline", *names]},
             "metrics": 1 + len(pairs),
         },
     )
     alphas_cumprod = alphas_cumprod_from_config(checkpoint.scheduler_config)
-    real_x0 = images_to_model_range(train_images)
+    real_x0 = images_to_model_range(split.train_images)
 
-    classifier, classifier_info = guidance_classifier(ctx, real_x0, train_labels, alphas_cumprod, progress)
+    classifier, classifier_info = guidance_classifier(ctx, real_x0, split.train_labels, alphas_cumprod, progress)
     discriminator, synthetic, discriminator_info = guidance_discriminator(
         ctx, real_x0, alphas_cumprod, num_synthetic, progress
     )
-    if classifier is not None:
+    if classifier is not None and split.heldout_labels is not None:
         classifier_info["heldout_accuracy"] = classifier_accuracy(
-            classifier, heldout_images, ctx.dataset.labels[ctx.dataset.heldout_indices()], alphas_cumprod, ctx.device
+            classifier, split.heldout_images, split.heldout_labels, alphas_cumprod, ctx.device
         )
-    guidances = build_guidances(
-        ctx, pairs, classifier, discriminator, real_x0, synthetic, train_labels if conditional else None, alphas_cumprod
-    )
+    class_labels = split.train_labels if conditional else None
+    guidances = build_guidances(ctx, pairs, classifier, discriminator, real_x0, synthetic, class_labels, alphas_cumprod)
 
     labels = class_labels_for(spec.n, checkpoint.info.num_class_embeds, None)
     if labels is not None:
         save_array(ctx.job, f"{PREFIX}/labels.npy", labels)
-    report_sets = progress.callback("sets")
-    baseline, baseline_seconds = draw_set(ctx, "baseline", None, labels, lambda d, c: report_sets(d, c))
-    guided_sets: dict[str, tuple[np.ndarray, float]] = {}
-    for i, (alpha, beta) in enumerate(pairs):
-        offset = spec.n * (1 + i)
-        guided_sets[set_name(alpha, beta)] = draw_set(
-            ctx, set_name(alpha, beta), guidances[(alpha, beta)], labels, lambda d, c, o=offset: report_sets(o + d, c)
-        )
+    baseline, baseline_seconds = draw_set(ctx, "baseline", None, labels, progress.callback("baseline"))
+    guided_sets = {
+        name: draw_set(ctx, name, guidances[pair], labels, progress.callback(name))
+        for name, pair in zip(names, pairs, strict=True)
+    }
 
     extractor = create_extractor(
         spec.extractor,
@@ -181,11 +179,10 @@ def run_guided(ctx: StageContext) -> dict[str, Any]:
         device=ctx.device,
         allow_downloads=ctx.allow_downloads,
     )
-    density = DensityReport.build(ctx, extractor, train_labels if conditional else None)
-    heldout_labels = ctx.dataset.labels[ctx.dataset.heldout_indices()] if conditional else None
+    density = DensityReport.build(ctx, extractor, class_labels)
     report_metrics = progress.callback("metrics")
     sets_summary: dict[str, Any] = {
-        "real": density.measure(ctx, "real", heldout_images, heldout_labels),
+        "real": density.measure(ctx, "real", split.heldout_images, split.heldout_labels if conditional else None),
         "baseline": density.measure(ctx, "baseline", baseline, labels),
     }
     report_metrics(1, 1 + len(pairs))
@@ -232,8 +229,18 @@ def run_guided(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def training_data(ctx: StageContext) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Training images, their labels (None when unlabelled) and held-out images; refuses what the stage can't use."""
+@dataclass(frozen=True)
+class Split:
+    """The dataset's training and held-out images, uint8 NHWC, with their labels (None when unlabelled)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray | None
+    heldout_images: np.ndarray
+    heldout_labels: np.ndarray | None
+
+
+def training_data(ctx: StageContext) -> Split:
+    """The dataset split into training and held-out images; refuses datasets the stage cannot use."""
     dataset, info = ctx.dataset, ctx.checkpoint.info
     if dataset.info.kind != "images":
         raise ValueError("the guided stage trains guidance networks on images; this dataset holds features only")
@@ -260,9 +267,13 @@ def training_data(ctx: StageContext) -> tuple[np.ndarray, np.ndarray | None, np.
                 f"the dataset has {num_classes} classes but the checkpoint {info.num_class_embeds}; "
                 "use the dataset the checkpoint was trained on"
             )
-    train = dataset.train_indices()
-    train_labels = None if labels is None else np.asarray(labels[train], dtype=np.int64)
-    return np.asarray(dataset.images[train]), train_labels, np.asarray(dataset.images[dataset.heldout_indices()])
+    train, heldout = dataset.train_indices(), dataset.heldout_indices()
+    return Split(
+        train_images=np.asarray(dataset.images[train]),
+        train_labels=None if labels is None else np.asarray(labels[train], dtype=np.int64),
+        heldout_images=np.asarray(dataset.images[heldout]),
+        heldout_labels=None if labels is None else np.asarray(labels[heldout], dtype=np.int64),
+    )
 
 
 def guidance_classifier(
@@ -455,10 +466,9 @@ def draw_set(
     resume_at = next((s for s in starts if not ctx.job.exists(batch_key(s) + ".npy")), count)
     report(resume_at, count)
     checkpoint: Checkpoint = ctx.checkpoint
-    batches = guided_sample_batches(
+    batches = sample_batches(
         checkpoint.unet,
         make_scheduler(spec.scheduler, checkpoint.scheduler_config),
-        guidance,
         n=count,
         steps=spec.steps,
         seed=seed,
@@ -466,6 +476,7 @@ def draw_set(
         class_labels=labels,
         device=ctx.device,
         start=resume_at,
+        guidance=guidance,
     )
     started = time.perf_counter()
     for start, images in batches:
@@ -543,7 +554,8 @@ def histograms_png(density: DensityReport, precisions: dict[str, float]) -> byte
     }
     for axis, metric in zip(axes[:3], METRICS, strict=True):
         pooled = np.concatenate([values[metric] for values in density.values.values()])
-        bins = np.linspace(*np.percentile(pooled, [0.5, 99.5]), 40)
+        low, high = np.percentile(pooled, [0.5, 99.5])
+        bins = np.linspace(float(low), float(high), 40)
         for name, values in density.values.items():
             axis.hist(np.clip(values[metric], bins[0], bins[-1]), bins=bins, histtype="step", density=True, label=name)
         axis.set_title(titles[metric])

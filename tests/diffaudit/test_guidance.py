@@ -26,8 +26,6 @@ from diffaudit.guidance.sampling import (
     LowDensityGuidance,
     ddpm_step_variance,
     guidance_timesteps,
-    guided_denoise,
-    guided_sample_batches,
     shift_noise_prediction,
 )
 from diffaudit.metrics.density import ClassGaussians
@@ -145,8 +143,8 @@ def test_zero_alpha_beta_reproduces_the_baseline_sampler_bit_for_bit(scheduler_c
     for alpha, beta, same in [(0.0, 0.0, True), (0.5, 0.5, False)]:
         guidance = tiny_guidance(alpha, beta, timesteps)
         scheduler = make_scheduler(scheduler_class)
-        batches = guided_sample_batches(
-            unet, scheduler, guidance, n=5, steps=4, seed=11, batch_size=2, class_labels=labels, device=CPU
+        batches = sample_batches(
+            unet, scheduler, n=5, steps=4, seed=11, batch_size=2, class_labels=labels, device=CPU, guidance=guidance
         )
         guided = dict(batches)
         assert sorted(guided) == [0, 2, 4]
@@ -156,9 +154,10 @@ def test_zero_alpha_beta_reproduces_the_baseline_sampler_bit_for_bit(scheduler_c
 
 def test_baseline_parity_holds_in_model_space_too() -> None:
     unet, scheduler = tiny_unet(None), make_scheduler(DDPMScheduler)
+    guidance = tiny_guidance(0.0, 0.0, guidance_timesteps(make_scheduler(DDPMScheduler), 3), num_classes=1)
     with torch.inference_mode():
         baseline = denoise(unet, scheduler, seeds=[3, 4], steps=3, class_labels=None, device=CPU)
-    guided = guided_denoise(unet, scheduler, seeds=[3, 4], steps=3, class_labels=None, device=CPU, guidance=None)
+        guided = denoise(unet, scheduler, seeds=[3, 4], steps=3, class_labels=None, device=CPU, guidance=guidance)
     assert torch.equal(baseline, guided)
 
 
@@ -215,7 +214,7 @@ class GaussianDataDenoiser(nn.Module):
     def __init__(self, alphas_cumprod: torch.Tensor) -> None:
         super().__init__()
         self.alphas_cumprod = alphas_cumprod
-        self.config = SimpleNamespace(sample_size=8, in_channels=1)
+        self.config = {"sample_size": 8, "in_channels": 1}
         self.dtype = torch.float32
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> SimpleNamespace:
@@ -231,14 +230,21 @@ def test_guidance_raises_the_hardness_of_the_final_embedding(scheduler_class: ty
     network = TimeConditionedCNN(in_channels=1, num_classes=1, width=8, embedding_dim=6)
     training = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     gaussians = fit_timestep_gaussians(network, training, None, timesteps, scheduler.alphas_cumprod.double())
-    denoiser = GaussianDataDenoiser(scheduler.alphas_cumprod)
+    denoiser: Any = GaussianDataDenoiser(scheduler.alphas_cumprod)  # a stand-in for the UNet
     final = gaussians[min(timesteps)]
 
     def hardness(alpha: float) -> torch.Tensor:
         guidance = LowDensityGuidance(network, gaussians, alpha=alpha, beta=0.0)
-        x0 = guided_denoise(
-            denoiser, scheduler, seeds=list(range(16)), steps=steps, class_labels=None, device=CPU, guidance=guidance
-        )
+        with torch.inference_mode():
+            x0 = denoise(
+                denoiser,
+                scheduler,
+                seeds=list(range(16)),
+                steps=steps,
+                class_labels=None,
+                device=CPU,
+                guidance=guidance,
+            )
         with torch.no_grad():
             features = network.embed(x0, torch.full((16,), min(timesteps)))
         return final.to("cpu").hardness_all_classes(features)[:, 0]

@@ -1,0 +1,132 @@
+"""The `guided` stage on the tiny demo model: artifacts, summaries, baseline parity, resume, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset, write_builtin_dataset
+from diffaudit.metrics.density import compare_distributions, summarize
+from diffaudit.pipeline import run
+from diffaudit.spec import EvaluationSpec
+from diffaudit.store import LocalStore, load_array
+
+TINY = {
+    "n": 12,
+    "steps": 4,
+    "batch_size": 8,
+    "classifier_steps": 6,
+    "discriminator_steps": 6,
+    "discriminator_samples": 16,
+}
+
+
+def tiny_spec(**guided: Any) -> EvaluationSpec:
+    return EvaluationSpec.model_validate(
+        {"stages": ["guided"], "sample": {"n": 8, "steps": 2}, "guided": {**TINY, **guided}}
+    )
+
+
+@pytest.fixture
+def digits(tmp_path: Path) -> tuple[LocalStore, Dataset]:
+    store = LocalStore(tmp_path)
+    write_builtin_dataset("digits", store, "datasets/digits")
+    return store, Dataset.open(store, "datasets/digits")
+
+
+def run_job(spec: EvaluationSpec, model: Path, store: LocalStore, dataset: Dataset, job: str = "jobs/a") -> Any:
+    return run(spec, checkpoint_dir=model, dataset=dataset, store=store, job_prefix=job)
+
+
+def test_guided_stage_reports_every_set_and_zero_guidance_is_the_baseline(
+    tiny_demo_model: Path, digits: tuple[LocalStore, Dataset]
+) -> None:
+    store, dataset = digits
+    spec = tiny_spec(alphas=[0.0, 2.0], betas=[0.0, 2.0], grid=True)
+    summary = run_job(spec, tiny_demo_model, store, dataset)["stages"]["guided"]
+    job = store.root / "jobs/a/guided"
+
+    for name in ["histograms.png", "memorization.png", "fig3.png"]:
+        assert (job / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    names = ["alpha0_beta0", "alpha0_beta2", "alpha2_beta0", "alpha2_beta2"]
+    assert [p["set"] for p in summary["pairs"]] == names
+    baseline = load_array(store, "jobs/a/guided/baseline/images.npy")
+    assert baseline.shape == (12, 16, 16, 1)
+    # Algorithm 1 with alpha = beta = 0 is the baseline sampler, bit for bit; any guidance changes the samples.
+    np.testing.assert_array_equal(load_array(store, "jobs/a/guided/alpha0_beta0/images.npy"), baseline)
+    assert not np.array_equal(load_array(store, "jobs/a/guided/alpha2_beta2/images.npy"), baseline)
+    np.testing.assert_array_equal(load_array(store, "jobs/a/guided/labels.npy"), np.arange(12) % 10)
+
+    # The summaries are the stored per-sample metrics, summarised and compared.
+    sets = summary["sets"]
+    assert set(sets) == {"real", "baseline", *names}
+    for name in ["baseline", "alpha2_beta0"]:
+        for metric in ["hardness", "avg_knn", "lof"]:
+            values = load_array(store, f"jobs/a/guided/{name}/{metric}.npy")
+            assert len(values) == 12
+            assert sets[name][metric] == pytest.approx(summarize(values))
+        assert 0.0 <= sets[name]["precision"] <= 1.0
+    assert len(load_array(store, "jobs/a/guided/real/hardness.npy")) == len(dataset.heldout_indices())
+    guided = sets["alpha2_beta0"]
+    expected = compare_distributions(
+        load_array(store, "jobs/a/guided/baseline/hardness.npy"),
+        load_array(store, "jobs/a/guided/alpha2_beta0/hardness.npy"),
+    )
+    assert guided["versus_baseline"]["hardness"] == pytest.approx(expected)
+    assert guided["precision_ratio"] == pytest.approx(guided["precision"] / sets["baseline"]["precision"])
+    assert sets["alpha0_beta0"]["versus_baseline"]["avg_knn"]["cohens_d"] == 0.0
+
+    # Table 1 ranges start at the 50th, 75th and 90th percentiles of the held-out real hardness.
+    real = load_array(store, "jobs/a/guided/real/hardness.npy")
+    np.testing.assert_allclose([row["low"] for row in summary["cost"]], np.percentile(real, [50, 75, 90]))
+    assert summary["cost"][-1]["high"] is None
+    first = load_array(store, "jobs/a/guided/baseline/hardness.npy")
+    assert summary["cost"][0]["baseline_acceptance"] == pytest.approx(
+        np.mean((first >= summary["cost"][0]["low"]) & (first < summary["cost"][0]["high"]))
+    )
+    memorization = summary["memorization"]
+    assert memorization["set"] == "alpha0_beta0"
+    assert memorization["ratio"] == pytest.approx(
+        memorization["guided_to_train_mean"] / memorization["heldout_to_train_mean"]
+    )
+    assert summary["classifier"]["cache_hit"] is False and summary["discriminator"]["cache_hit"] is False
+    assert set(summary["classifier"]["heldout_accuracy"]) == {"t0", "t250", "t500"}
+    assert "alpha=0, beta=0" in summary["headline"]
+
+
+def test_resume_reuses_the_cached_networks_and_gives_the_same_samples(
+    tiny_demo_model: Path, digits: tuple[LocalStore, Dataset]
+) -> None:
+    store, dataset = digits
+    spec = tiny_spec()
+    first = run_job(spec, tiny_demo_model, store, dataset)["stages"]["guided"]
+    guided = load_array(store, "jobs/a/guided/alpha0.5_beta0.5/images.npy", mmap=False)
+    # Lose the summary and the guided images: the stage reruns, networks come from the cache.
+    (store.root / "jobs/a/guided/result.json").unlink()
+    store.delete_prefix("jobs/a/guided/alpha0.5_beta0.5")
+    second = run_job(spec, tiny_demo_model, store, dataset)["stages"]["guided"]
+    assert second["classifier"]["cache_hit"] is True and second["discriminator"]["cache_hit"] is True
+    assert second["classifier"]["cache_key"] == first["classifier"]["cache_key"]
+    np.testing.assert_array_equal(load_array(store, "jobs/a/guided/alpha0.5_beta0.5/images.npy"), guided)
+    assert second["sets"]["alpha0.5_beta0.5"]["hardness"] == first["sets"]["alpha0.5_beta0.5"]["hardness"]
+
+
+def test_class_conditional_checkpoint_with_an_unlabelled_dataset_is_refused(
+    tiny_demo_model: Path, digits: tuple[LocalStore, Dataset]
+) -> None:
+    store, labelled = digits
+    path = store.root / "unlabelled.npz"
+    np.savez(path, images=np.asarray(labelled.images[:200]))
+    ingest_dataset(path, store, "datasets/unlabelled", IngestLimits(), heldout_fraction=0.2)
+    unlabelled = Dataset.open(store, "datasets/unlabelled")
+    with pytest.raises(ValueError, match="class-conditional.*no labels"):
+        run_job(tiny_spec(), tiny_demo_model, store, unlabelled, job="jobs/b")
+
+
+def test_pairs_need_as_many_alphas_as_betas() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        tiny_spec(alphas=[0.1, 0.2], betas=[0.5])
+    assert len(tiny_spec(alphas=[0.1, 0.2], betas=[0.5], grid=True).guided.alphas) == 2
