@@ -80,13 +80,25 @@ class Stage(Protocol):
 
 
 def _registry() -> dict[str, Stage]:
+    from diffaudit.stages.augmentation import AugmentationStage
+    from diffaudit.stages.balance import BalanceStage
     from diffaudit.stages.features import FeaturesStage
     from diffaudit.stages.guided import GuidedStage
+    from diffaudit.stages.irs import IRSStage
     from diffaudit.stages.memorization import MemorizationStage
     from diffaudit.stages.novelty import NoveltyStage
     from diffaudit.stages.sample import SampleStage
 
-    stages: list[Stage] = [SampleStage(), FeaturesStage(), GuidedStage(), MemorizationStage(), NoveltyStage()]
+    stages: list[Stage] = [
+        SampleStage(),
+        FeaturesStage(),
+        GuidedStage(),
+        MemorizationStage(),
+        NoveltyStage(),
+        IRSStage(),
+        BalanceStage(),
+        AugmentationStage(),
+    ]
     return {s.name: s for s in stages}
 
 

@@ -24,6 +24,7 @@ STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
     "novelty": ("sample", "features"),
     "irs": ("sample", "features"),  # with irs.early_rejection, the sample stage already retrieves each batch
     "balance": ("sample",),
+    "augmentation": ("sample", "features", "novelty"),  # trains classifiers; may draw extra samples
 }
 STAGE_ORDER: tuple[str, ...] = tuple(STAGE_REQUIRES)
 
@@ -48,9 +49,7 @@ class SampleSpec(_Frozen):
 class FeaturesSpec(_Frozen):
     """The `features` stage: embeddings of generated samples and (cached) training images."""
 
-    extractor: str = Field(
-        "random-cnn", description="extractor registry name, e.g. random-cnn, pixels, squeezenet1_1"
-    )
+    extractor: str = Field("random-cnn", description="extractor registry name, e.g. random-cnn, pixels, squeezenet1_1")
     weights: str | None = Field(
         None, description="local weights file on the worker; none = seeded random initialisation"
     )

@@ -111,4 +111,6 @@ class SampleStage:
     queue: Queue = "gpu"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        return draw_samples(ctx)
+        from diffaudit.stages.irs import early_rejection_monitor  # irs imports the pipeline's stage modules
+
+        return draw_samples(ctx, early_rejection_monitor(ctx))
