@@ -30,11 +30,22 @@ def tiny_spec(**guided: Any) -> EvaluationSpec:
     )
 
 
-@pytest.fixture
-def digits(tmp_path: Path) -> tuple[LocalStore, Dataset]:
-    store = LocalStore(tmp_path)
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, Dataset]:
+    store = LocalStore(tmp_path_factory.mktemp("guided"))
     write_builtin_dataset("digits", store, "datasets/digits")
     return store, Dataset.open(store, "datasets/digits")
+
+
+GRID = tiny_spec(alphas=[0.0, 2.0], betas=[0.0, 2.0], grid=True)
+
+
+@pytest.fixture(scope="module")
+def grid_job(tiny_demo_model: Path, digits: tuple[LocalStore, Dataset]) -> dict[str, Any]:
+    """One small grid job (alpha, beta in {0, 2}) shared by the tests of this module."""
+    store, dataset = digits
+    summary: dict[str, Any] = run_job(GRID, tiny_demo_model, store, dataset)["stages"]["guided"]
+    return summary
 
 
 def run_job(spec: EvaluationSpec, model: Path, store: LocalStore, dataset: Dataset, job: str = "jobs/a") -> Any:
@@ -42,11 +53,10 @@ def run_job(spec: EvaluationSpec, model: Path, store: LocalStore, dataset: Datas
 
 
 def test_guided_stage_reports_every_set_and_zero_guidance_is_the_baseline(
-    tiny_demo_model: Path, digits: tuple[LocalStore, Dataset]
+    grid_job: dict[str, Any], digits: tuple[LocalStore, Dataset]
 ) -> None:
     store, dataset = digits
-    spec = tiny_spec(alphas=[0.0, 2.0], betas=[0.0, 2.0], grid=True)
-    summary = run_job(spec, tiny_demo_model, store, dataset)["stages"]["guided"]
+    summary = grid_job
     job = store.root / "jobs/a/guided"
 
     for name in ["histograms.png", "memorization.png", "fig3.png"]:
@@ -98,20 +108,19 @@ def test_guided_stage_reports_every_set_and_zero_guidance_is_the_baseline(
 
 
 def test_resume_reuses_the_cached_networks_and_gives_the_same_samples(
-    tiny_demo_model: Path, digits: tuple[LocalStore, Dataset]
+    tiny_demo_model: Path, digits: tuple[LocalStore, Dataset], grid_job: dict[str, Any]
 ) -> None:
     store, dataset = digits
-    spec = tiny_spec()
-    first = run_job(spec, tiny_demo_model, store, dataset)["stages"]["guided"]
-    guided = load_array(store, "jobs/a/guided/alpha0.5_beta0.5/images.npy", mmap=False)
-    # Lose the summary and the guided images: the stage reruns, networks come from the cache.
+    guided = load_array(store, "jobs/a/guided/alpha2_beta2/images.npy", mmap=False)
+    # Lose the summary and one guided set: the stage reruns, the networks come from the cache.
     (store.root / "jobs/a/guided/result.json").unlink()
-    store.delete_prefix("jobs/a/guided/alpha0.5_beta0.5")
-    second = run_job(spec, tiny_demo_model, store, dataset)["stages"]["guided"]
+    store.delete_prefix("jobs/a/guided/alpha2_beta2")
+    second = run_job(GRID, tiny_demo_model, store, dataset)["stages"]["guided"]
     assert second["classifier"]["cache_hit"] is True and second["discriminator"]["cache_hit"] is True
-    assert second["classifier"]["cache_key"] == first["classifier"]["cache_key"]
-    np.testing.assert_array_equal(load_array(store, "jobs/a/guided/alpha0.5_beta0.5/images.npy"), guided)
-    assert second["sets"]["alpha0.5_beta0.5"]["hardness"] == first["sets"]["alpha0.5_beta0.5"]["hardness"]
+    assert second["classifier"]["cache_key"] == grid_job["classifier"]["cache_key"]
+    np.testing.assert_array_equal(load_array(store, "jobs/a/guided/alpha2_beta2/images.npy"), guided)
+    assert second["sets"]["alpha2_beta2"]["hardness"] == grid_job["sets"]["alpha2_beta2"]["hardness"]
+    assert second["sets"]["baseline"] == grid_job["sets"]["baseline"]
 
 
 def test_class_conditional_checkpoint_with_an_unlabelled_dataset_is_refused(
@@ -122,7 +131,7 @@ def test_class_conditional_checkpoint_with_an_unlabelled_dataset_is_refused(
     np.savez(path, images=np.asarray(labelled.images[:200]))
     ingest_dataset(path, store, "datasets/unlabelled", IngestLimits(), heldout_fraction=0.2)
     unlabelled = Dataset.open(store, "datasets/unlabelled")
-    with pytest.raises(ValueError, match="class-conditional.*no labels"):
+    with pytest.raises(ValueError, match=r"class-conditional.*no labels"):
         run_job(tiny_spec(), tiny_demo_model, store, unlabelled, job="jobs/b")
 
 
