@@ -189,7 +189,7 @@ def extraction_in(ctx: StageContext, spec: MemorizationSpec, space: str) -> dict
             "Nearest-training-item distances (001 Sec. 5)",
         ),
     )
-    result["nearest_neighbours"] = comparison
+    result["nearest_neighbours"] = {k: v for k, v in comparison.items() if k != "histogram"}  # it is the PNG
     return result
 
 
