@@ -178,8 +178,9 @@ def results_markdown(summary: dict[str, Any], model: Path, args: argparse.Namesp
     memorization = summary["memorization"]
     lines += [
         "",
-        f"Memorization check (Sec. 5): mean nearest-training-neighbour distance of guided samples "
-        f"{memorization['guided_to_train_mean']:.3g}, of held-out real images {memorization['heldout_to_train_mean']:.3g} "
+        "Memorization check (Sec. 5): mean nearest-training-neighbour distance of guided samples "
+        f"{memorization['guided_to_train_mean']:.3g}, of held-out real images "
+        f"{memorization['heldout_to_train_mean']:.3g} "
         f"(ratio {memorization['ratio']:.2f}); closest guided pair {memorization['closest_distance']:.3g}, closest "
         f"held-out image {memorization['heldout_closest_distance']:.3g}.",
         "",
