@@ -92,6 +92,53 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_irs_threshold(args: argparse.Namespace) -> int:
+    from diffaudit.metrics.irs import irs_threshold_report
+
+    _print_json(irs_threshold_report(args.n_train, args.n_sample, args.target, args.alpha_e))
+    return 0
+
+
+def cmd_irs(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from diffaudit.metrics.irs import irs_report
+
+    test = np.load(args.test_features, mmap_mode="r") if args.test_features else None
+    train, gen = np.load(args.train_features, mmap_mode="r"), np.load(args.gen_features, mmap_mode="r")
+    _print_json(irs_report(train, gen, test, metric=args.metric, alpha_e=args.alpha_e))
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from diffaudit import gate
+
+    options = gate.GateOptions(
+        min_irs=args.min_irs,
+        alpha_e=args.alpha_e,
+        max_samples=args.max_samples,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        extractor=args.extractor,
+        metric=args.metric,
+        rule=args.rule,
+    )
+    try:
+        if args.server:
+            verdict = gate.run_on_server(_client(args), Path(args.checkpoint), args.dataset, options)
+        else:
+            progress = gate.progress_printer()
+            verdict = gate.run_in_process(Path(args.checkpoint), args.dataset, options, Path(args.cache_dir), progress)
+    except Exception as exc:  # the gate reports every failure as an error verdict (exit 2), never a traceback
+        verdict = gate.Verdict("error", f"{type(exc).__name__}: {exc}")
+    print(gate.format_verdict(verdict))
+    if args.junit:
+        gate.write_junit(verdict, Path(args.junit))
+    if args.json:
+        gate.write_json(verdict, Path(args.json))
+    return verdict.exit_code
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=os.environ.get("DIFFAUDIT_SERVER", DEFAULT_SERVER))
     parser.add_argument("--token", default=os.environ.get("DIFFAUDIT_TOKEN"))
@@ -137,6 +184,39 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         _add_client_options(p)
         p.set_defaults(handler=handler)
+
+    p = commands.add_parser("irs-threshold", help="k_min (Eq. 9) and the early-rejection schedule, as JSON")
+    p.add_argument("--n-train", type=int, required=True)
+    p.add_argument("--n-sample", type=int, required=True)
+    p.add_argument("--target", type=float, required=True, help="IRS_d")
+    p.add_argument("--alpha-e", type=float, default=0.05)
+    p.set_defaults(handler=cmd_irs_threshold)
+
+    p = commands.add_parser("irs", help="every IRS quantity from feature arrays (.npy), as JSON")
+    p.add_argument("--train-features", required=True)
+    p.add_argument("--gen-features", required=True)
+    p.add_argument("--test-features", help="held-out real features: adjusted IRS_inf,a")
+    p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    p.add_argument("--alpha-e", type=float, default=0.05)
+    p.set_defaults(handler=cmd_irs)
+
+    p = commands.add_parser("gate", help="CI gate: exit 0 if the checkpoint reaches --min-irs, 1 rejected, 2 error")
+    p.add_argument("--checkpoint", required=True, help="diffusers folder or zip of one")
+    p.add_argument("--dataset", required=True, help="dataset id on the server; in-process: 'digits' or a .zip/.npz")
+    p.add_argument("--min-irs", type=float, required=True, help="target IRS_d for IRS_inf")
+    p.add_argument("--alpha-e", type=float, default=0.05)
+    p.add_argument("--max-samples", type=int, default=1000, help="samples planned (fewer when rejected early)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (DDIM)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--extractor", default="random-cnn")
+    p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    p.add_argument("--rule", choices=["sequential", "bound"], default="sequential")
+    p.add_argument("--junit", help="write a JUnit XML report here")
+    p.add_argument("--json", help="write the verdict as JSON here")
+    p.add_argument("--server", default=os.environ.get("DIFFAUDIT_SERVER"), help="none: run in-process")
+    p.add_argument("--token", default=os.environ.get("DIFFAUDIT_TOKEN"))
+    p.add_argument("--cache-dir", default="var/gate", help="in-process: artifact store (features are reused)")
+    p.set_defaults(handler=cmd_gate)
 
     for entry in entry_points(group="diffaudit.commands"):
         entry.load()(commands)
