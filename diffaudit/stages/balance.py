@@ -127,7 +127,7 @@ class BalanceStage:
         if spec.labels == "conditioning" and conditioning is None:
             raise ValueError("balance.labels = 'conditioning' needs a class-conditional model; use 'classifier'")
         model = dataset_classifier(ctx, spec)
-        predicted = predict(model, classifier_pixels(load_array(ctx.job, SAMPLES_KEY)), ctx.device)
+        predicted = predict(model, classifier_pixels(load_array(ctx.job, SAMPLES_KEY, mmap=False)), ctx.device)
         save_array(ctx.job, PREDICTED_KEY, predicted)
         generated = predicted if spec.labels == "classifier" else np.asarray(conditioning)
         report = class_balance(np.asarray(dataset.labels)[dataset.train_indices()], generated, spec.confidence)
