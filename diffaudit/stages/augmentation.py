@@ -97,8 +97,13 @@ class Pool:
 
     images: np.ndarray
     labels: np.ndarray
-    outside: np.ndarray
+    is_ds: np.ndarray  # novelty/ds.npy for the job's samples, the same test for the extra ones
     n_extra: int
+    n_job: int
+
+    def ds_count(self, class_index: int | None) -> int:
+        """DS among the samples of one class (all samples when None)."""
+        return int(np.sum(self.is_ds if class_index is None else self.is_ds & (self.labels == class_index)))
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -187,7 +192,7 @@ def draw_extra_round(ctx: StageContext, start: int, count: int, minority: int, d
         images.append(batch)
         ctx.check_cancelled()
     drawn = np.concatenate(images)
-    save_array(ctx.job, f"{EXTRA_PREFIX}/{start:08d}_outside.npy", ds_of(drawn))
+    save_array(ctx.job, f"{EXTRA_PREFIX}/{start:08d}_ds.npy", ds_of(drawn))
     save_array(ctx.job, f"{EXTRA_PREFIX}/{start:08d}_labels.npy", labels)
     save_array(ctx.job, f"{EXTRA_PREFIX}/{start:08d}_images.npy", drawn)  # last: its presence marks the round done
 
@@ -196,12 +201,12 @@ def generated_pool(ctx: StageContext, spec: AugmentationSpec, minority: int | No
     """The job's samples, plus extra minority samples until `wanted` DS of it exist or the cap is reached."""
     images = [np.asarray(load_array(ctx.job, SAMPLES_KEY))]
     labels = [np.asarray(load_array(ctx.job, LABELS_KEY))]
-    outside = [np.asarray(load_array(ctx.job, DS_KEY), dtype=bool)]
+    is_ds = [np.asarray(load_array(ctx.job, DS_KEY), dtype=bool)]
     n_extra = 0
     ds_of: DetectFn | None = None
 
     def found() -> int:
-        return sum(int(np.sum(o & (lab == minority))) for o, lab in zip(outside, labels, strict=True))
+        return sum(int(np.sum(d & (lab == minority))) for d, lab in zip(is_ds, labels, strict=True))
 
     while minority is not None and found() < wanted and n_extra < spec.max_extra_samples:
         count = min(EXTRA_ROUND, spec.max_extra_samples - n_extra)
@@ -211,9 +216,9 @@ def generated_pool(ctx: StageContext, spec: AugmentationSpec, minority: int | No
             draw_extra_round(ctx, n_extra, count, minority, ds_of)
         images.append(load_array(ctx.job, f"{EXTRA_PREFIX}/{n_extra:08d}_images.npy", mmap=False))
         labels.append(load_array(ctx.job, f"{EXTRA_PREFIX}/{n_extra:08d}_labels.npy", mmap=False))
-        outside.append(load_array(ctx.job, f"{EXTRA_PREFIX}/{n_extra:08d}_outside.npy", mmap=False).astype(bool))
+        is_ds.append(load_array(ctx.job, f"{EXTRA_PREFIX}/{n_extra:08d}_ds.npy", mmap=False).astype(bool))
         n_extra += count
-    return Pool(np.concatenate(images), np.concatenate(labels), np.concatenate(outside), n_extra)
+    return Pool(np.concatenate(images), np.concatenate(labels), np.concatenate(is_ds), n_extra, len(images[0]))
 
 
 # --- training and the table -----------------------------------------------------------------
@@ -347,15 +352,15 @@ class AugmentationStage:
             spec.minority_class if spec.minority_class is not None else find_minority(original_counts, IMBALANCE_RATIO)
         )
 
-        job_outside = np.asarray(load_array(ctx.job, DS_KEY), dtype=bool)
+        job_ds = np.asarray(load_array(ctx.job, DS_KEY), dtype=bool)
         job_labels = np.asarray(load_array(ctx.job, LABELS_KEY))
         if minority is None:
-            wanted = class_counts(job_labels[job_outside], num_classes)  # every DS, with as many ordinary samples
+            wanted = class_counts(job_labels[job_ds], num_classes)  # every DS, with as many ordinary samples
         else:
             wanted = np.zeros(num_classes, dtype=np.int64)
             wanted[minority] = top_up_count(original_counts, minority)
         pool = generated_pool(ctx, spec, minority, int(wanted.sum()))
-        additions = choose_additions(pool.labels, pool.outside, wanted, SELECTION_SEED)
+        additions = choose_additions(pool.labels, pool.is_ds, wanted, SELECTION_SEED)
         for condition in ("generated", "diverse"):
             chosen = getattr(additions, condition)
             if len(chosen):
@@ -377,18 +382,15 @@ class AugmentationStage:
         save_json(ctx.job, TABLE_KEY, table)
         ctx.job.put_bytes(CHART_KEY, chart_png(table, "Held-out accuracy by training set (paper Table 2)"))
 
-        pool_minority = pool.labels == minority
         return {
             "minority_class": minority,
             "minority_train_images": None if minority is None else int(original_counts[minority]),
             "wanted": wanted_total,
             "added": added,
             "shortfall": wanted_total - added,
-            "ds_available": int(np.sum(pool.outside & pool_minority))
-            if minority is not None
-            else int(pool.outside.sum()),
+            "ds_available": pool.ds_count(minority),
             "extra_samples": pool.n_extra,
-            "extra_ds": int(np.sum(pool.outside[len(job_outside) :])),
+            "extra_ds": int(np.sum(pool.is_ds[pool.n_job :])),
             "labels_from": LABELS_KEY,
             "seeds": spec.seeds,
             "epochs": spec.epochs,
