@@ -47,3 +47,16 @@ def tiny_demo_model() -> Path:
     from diffaudit.demo import ensure_demo_model
 
     return ensure_demo_model("digits", TEST_MODEL_DIR, progress=False, train_steps=TINY_TRAIN_STEPS)
+
+
+# 200 steps: IRS_inf 0.17 [0.16, 0.18] against 0.45 [0.41, 0.50] for tiny_demo_model (random-cnn, 512 samples,
+# 10 DDIM steps; docs/irs.md), clearly low-diversity
+TINY_OVERFIT_TRAIN_STEPS = 200
+
+
+@pytest.fixture(scope="session")
+def tiny_overfit_model() -> Path:
+    """The demo architecture trained briefly on the first 64 digits only: a real low-diversity checkpoint."""
+    from diffaudit.demo import ensure_demo_model
+
+    return ensure_demo_model("digits-overfit", TEST_MODEL_DIR, progress=False, train_steps=TINY_OVERFIT_TRAIN_STEPS)
