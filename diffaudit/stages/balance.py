@@ -48,11 +48,16 @@ def dataset_classifier(ctx: StageContext, spec: BalanceSpec) -> nn.Module:
     channels = dataset.info.item_shape[2]
     key = f"{classifier_key(dataset, spec)}.safetensors"
     if ctx.cache.exists(key):
-        model = small_cnn(channels, len(names)).to(ctx.device)
-        model.load_state_dict(load_safetensors(ctx.cache.get_bytes(key)))
-        return model.eval()
+        cached = small_cnn(channels, len(names)).to(ctx.device)
+        cached.load_state_dict(load_safetensors(ctx.cache.get_bytes(key)))
+        return cached.eval()
     train = dataset.train_indices()
     pixels = classifier_pixels(dataset.images[train])
+
+    def on_epoch(epoch: int) -> None:
+        ctx.check_cancelled()
+        ctx.report(epoch, spec.classifier_epochs + 1)
+
     model = train_classifier(
         pixels,
         np.asarray(dataset.labels)[train],
@@ -60,7 +65,7 @@ def dataset_classifier(ctx: StageContext, spec: BalanceSpec) -> nn.Module:
         epochs=spec.classifier_epochs,
         seed=spec.seed,
         device=ctx.device,
-        on_epoch=lambda epoch: (ctx.check_cancelled(), ctx.report(epoch, spec.classifier_epochs + 1)),
+        on_epoch=on_epoch,
     )
     ctx.cache.put_bytes(key, save_safetensors({k: v.contiguous().cpu() for k, v in model.state_dict().items()}))
     return model

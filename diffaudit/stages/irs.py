@@ -132,7 +132,7 @@ def distinct_curve_png(trajectory: np.ndarray, rule: Any, stop: Decision | None)
     n_planned, s_d = rule.n_planned, rule.target_distinct
     figure = Figure(figsize=(7, 4.5))
     axis = figure.subplots()
-    grid = np.unique(np.linspace(1, n_planned, CURVE_POINTS).round().astype(int))
+    grid = np.unique(np.geomspace(1, n_planned, CURVE_POINTS).round().astype(int))
     axis.plot(
         grid, [occupancy_mean(int(n), rule.n_train) for n in grid], ":", color="grey", label="ideal (all N_train)"
     )
@@ -140,16 +140,19 @@ def distinct_curve_png(trajectory: np.ndarray, rule: Any, stop: Decision | None)
         grid, [occupancy_mean(int(n), s_d) for n in grid], "--", color="C2", label=f"expected at IRS_d = {rule.target}"
     )
     boundary_x, boundary_y = rejection_boundary(rule)
-    style = {"drawstyle": "steps-post"} if rule.name == "sequential" else {}
-    axis.plot(boundary_x, boundary_y, color="C3", label=f"rejection boundary ({rule.name})", **style)
-    axis.fill_between(boundary_x, 0, boundary_y, color="C3", alpha=0.1, step="post" if style else None)
+    steps = rule.name == "sequential"  # thresholds hold from one look to the next
+    label = f"rejection boundary ({rule.name})"
+    axis.plot(boundary_x, boundary_y, color="C3", label=label, drawstyle="steps-post" if steps else "default")
+    axis.fill_between(boundary_x, 1, boundary_y, color="C3", alpha=0.1, step="post" if steps else None)
     axis.plot(np.arange(1, trajectory.size + 1), trajectory, color="C0", lw=2, label="this model")
     if stop is not None and stop.reject:
         axis.plot(
             [stop.samples_drawn], [stop.distinct], "X", color="C3", ms=12, label=f"rejected at {stop.samples_drawn}"
         )
-    axis.set_xlim(0, n_planned)
-    axis.set_ylim(0, None)
+    axis.set_xscale("log")  # log-log: an early stop stays visible beside the planned total
+    axis.set_yscale("log")
+    axis.set_xlim(1, n_planned)
+    axis.set_ylim(1, None)
     axis.set_xlabel("samples drawn")
     axis.set_ylabel("distinct nearest training images")
     axis.set_title(f"N_train = {rule.n_train}, {n_planned} samples planned, alpha_e = {rule.alpha_e}")

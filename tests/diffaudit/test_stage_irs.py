@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 import diffaudit.stages.irs as irs_stage
 from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset, write_builtin_dataset
-from diffaudit.metrics.irs import irs_adjusted, irs_per_class, irs_summary, k_min, target_distinct
+from diffaudit.metrics.irs import irs_adjusted, irs_per_class, irs_summary, k_min, sequential_schedule, target_distinct
 from diffaudit.metrics.occupancy import occupancy_cdf
 from diffaudit.pipeline import Rejected, StageContext, run
 from diffaudit.spec import EvaluationSpec
@@ -151,7 +152,7 @@ def test_monitor_rejects_a_collapsed_model_at_the_first_look_with_the_evidence(m
     ctx = monitored
     monitor = irs_stage.early_rejection_monitor(ctx)
     assert monitor is not None
-    first = monitor.rule.schedule[0]  # look at ceil(sqrt(s_d)) samples, s_d = ceil(0.8 * 1438) = 1151
+    first = sequential_schedule(1438, 256, 0.8)[0]  # look at ceil(sqrt(s_d)) samples, s_d = ceil(0.8 * 1438) = 1151
     assert first["samples"] == 34
     monitor(0, collapsed_batch(ctx, 32))  # before the first look: no decision yet
     assert load_json(ctx.job, irs_stage.EARLY_KEY)["samples_generated"] == 32
@@ -186,3 +187,23 @@ def test_no_monitor_without_the_irs_stage_or_with_early_rejection_off(monitored)
     assert irs_stage.early_rejection_monitor(ctx) is None
     ctx.spec = EvaluationSpec(stages=("irs",), irs={"early_rejection": False})
     assert irs_stage.early_rejection_monitor(ctx) is None
+
+
+def test_cli_irs_threshold_and_irs_print_the_metric_functions_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffaudit.cli import main
+    from diffaudit.metrics.irs import irs_report, irs_threshold_report
+
+    assert main(["irs-threshold", "--n-train", "1281166", "--n-sample", "50000", "--target", "0.8"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["k_min"] == 48_744  # supplement Sec. 11
+    assert printed == json.loads(json.dumps(irs_threshold_report(1_281_166, 50_000, 0.8)))
+    rng = np.random.default_rng(1)
+    train, gen, test = (rng.normal(size=(n, 4)).astype(np.float32) for n in (50, 30, 20))
+    for name, array in (("a", train), ("b", gen), ("c", test)):
+        np.save(tmp_path / f"{name}.npy", array)
+    files = ["--train-features", str(tmp_path / "a.npy"), "--gen-features", str(tmp_path / "b.npy")]
+    assert main(["irs", *files, "--test-features", str(tmp_path / "c.npy"), "--metric", "cosine"]) == 0
+    expected = irs_report(train, gen, test, metric="cosine")
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(expected))
