@@ -160,7 +160,9 @@ class S3Store:
         return True
 
     def list(self, prefix: str = "") -> list[str]:
-        full = self._key(prefix) if prefix else self.prefix
+        if prefix:
+            _check_key(prefix.rstrip("/"))
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
