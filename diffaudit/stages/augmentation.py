@@ -89,6 +89,7 @@ SELECTION_SEED = 0  # which minority images are kept and which generated samples
 IMBALANCE_RATIO = 0.5  # without minority_class, a class with < half the images of the largest is topped up
 EXTRA_ROUND = 256  # extra samples drawn (then embedded and tested) per round
 GRID_SAMPLES = 64
+CHART_LABELS = {"original": "original (OI)", "generated": "+ generated (VGS)", "diverse": "+ diverse samples (DS)"}
 
 
 @dataclass
@@ -310,7 +311,7 @@ def chart_png(table: dict[str, Any], title: str) -> bytes:
         means = [row["accuracy"][condition]["mean"] for row in rows]
         stds = [row["accuracy"][condition]["std"] for row in rows]
         positions = np.arange(len(groups)) + (i - (len(CONDITIONS) - 1) / 2) * width
-        axis.bar(positions, means, width, yerr=stds, capsize=2, label=condition)
+        axis.bar(positions, means, width, yerr=stds, capsize=2, label=CHART_LABELS[condition])
     axis.set_xticks(np.arange(len(groups)), groups)
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("held-out accuracy")
