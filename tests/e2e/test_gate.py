@@ -12,14 +12,18 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from diffaudit.cli import main
+from tests.e2e import test_embedded
+
+embedded_server = test_embedded.embedded_server  # the embedded deployment's fixture: a server on SQLite
 
 TARGET = "0.3"
 
 
-def gate(checkpoint: Path, tmp_path: Path, max_samples: int) -> tuple[int, dict]:
+def gate(checkpoint: Path, tmp_path: Path, max_samples: int, *where: str) -> tuple[int, dict]:
     code = main(
         [
             "gate",
+            *where,
             "--checkpoint",
             str(checkpoint),
             "--dataset",
@@ -64,3 +68,14 @@ def test_the_healthy_model_passes(tiny_demo_model: Path, tmp_path: Path) -> None
     assert report["evidence"]["n_sample"] == 256
     suite = ET.parse(tmp_path / "report.xml").getroot()
     assert suite.get("failures") == "0" and suite.get("errors") == "0"
+
+
+def test_the_gate_through_a_server_rejects_the_overfitted_model(
+    embedded_server: tuple[str, str], tiny_overfit_model: Path, tmp_path: Path
+) -> None:
+    url, token = embedded_server
+    code, report = gate(tiny_overfit_model, tmp_path, 1024, "--server", url, "--token", token)
+    assert code == 1 and report["outcome"] == "rejected", report
+    evidence = report["evidence"]
+    assert evidence["samples_generated"] <= 1024 // 4 and evidence["distinct"] <= evidence["threshold"]
+    assert report["evaluation"].startswith("ev")
