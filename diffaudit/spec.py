@@ -146,13 +146,21 @@ class NoveltySpec(_Frozen):
     """The `novelty` stage: diverse samples (paper 000, Sec. 3.5, Algorithms 1-2) and the solver comparison."""
 
     mode: Literal["fixed", "joint"] = Field(
-        "fixed",
-        description="fixed: one t-SNE of the training features per dataset (cached), generated points placed into it; "
-        "joint: t-SNE of training and generated features together (the authors' code), per job",
+        "joint",
+        description="joint: t-SNE of training and generated features together (the authors' method), per job; "
+        "fixed: one t-SNE of the training features per dataset (cached, same boundary for every checkpoint), "
+        "generated points placed into it one by one: much faster, but a new cluster of generated samples does "
+        "not form its own island and is missed far more often (see docs/novelty.md)",
     )
     seeds: int = Field(3, ge=1, le=10, description="t-SNE seeds 0..seeds-1; a sample is DS when most seeds say so")
     perplexity: float = Field(30.0, ge=2, le=100, description="t-SNE perplexity")
-    pca_dims: int = Field(50, ge=2, le=1024, description="fixed mode: PCA dimensions before openTSNE")
+    pca_dims: int | None = Field(
+        None,
+        ge=2,
+        le=4096,
+        description="fixed mode: PCA dimensions before openTSNE; None keeps all (truncating is faster but "
+        "hides samples that leave the training support in directions the training set does not vary in)",
+    )
     n_iter: int = Field(
         500, ge=50, le=5000, description="fixed mode: openTSNE iterations (plus n_iter / 2 of early exaggeration)"
     )

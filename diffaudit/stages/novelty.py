@@ -70,6 +70,11 @@ ZIP_KEY = "novelty/diverse_samples.zip"
 ROWS_PREFIX = "novelty/rows"
 SOLVERS_PREFIX = "novelty/solvers"
 FEATURES_PREFIX = "novelty/features"
+FIXED_MODE_LIMITATION = (
+    "fixed mode places generated points one by one into the training embedding, so a new cluster of generated "
+    "samples does not form its own island as in the joint mode (the authors' method) and is often missed; "
+    "read knn_support beside it (docs/novelty.md)"
+)
 FIGURE_TILES = 36  # images per panel of the Fig. 1 artifact
 BH_LIMIT = 10_000  # openTSNE: Barnes-Hut below this many training points, FFT above
 
@@ -160,12 +165,11 @@ def make_extractor(ctx: StageContext, ref: ExtractorRef) -> Extractor:
 
 
 def generated_features(
-    ctx: StageContext, solver: Solver, ref: ExtractorRef, extractor: Extractor | None, images: np.ndarray
+    ctx: StageContext, solver: Solver, ref: ExtractorRef, extractor: Extractor, images: np.ndarray
 ) -> tuple[np.ndarray, float]:
     """Features of the solver's samples under the extractor (the features stage's when both are the job's)."""
     if solver.from_sample_stage and ref.from_features_stage:
         return load_array(ctx.job, GENERATED_FEATURES_KEY), 0.0
-    assert extractor is not None
     key = f"{FEATURES_PREFIX}/{solver.label}/{extractor.cache_key()}.npy"
     started = time.perf_counter()
     if not ctx.job.exists(key):
@@ -178,7 +182,7 @@ def generated_features(
     return load_array(ctx.job, key), time.perf_counter() - started
 
 
-def training_rows(ctx: StageContext, ref: ExtractorRef, extractor: Extractor | None) -> tuple[np.ndarray, str]:
+def training_rows(ctx: StageContext, ref: ExtractorRef, extractor: Extractor) -> tuple[np.ndarray, str]:
     """Features of the training split under the extractor, and a cache name for them."""
     dataset = ctx.dataset
     if ref.from_features_stage:
@@ -191,7 +195,6 @@ def training_rows(ctx: StageContext, ref: ExtractorRef, extractor: Extractor | N
                 "novelty.extractors needs an image dataset: this dataset holds features, so only the "
                 "features stage's extractor applies; remove novelty.extractors"
             )
-        assert extractor is not None
         everything = training_features(dataset, extractor, ctx.cache, ctx.spec.features.batch_size)
         name = extractor.cache_key()
     return np.asarray(everything[dataset.train_indices()], dtype=np.float32), name
@@ -407,9 +410,7 @@ class NoveltyStage:
         solvers, refs = solvers_of(ctx), extractors_of(ctx)
         total, done = len(solvers) * len(refs), 0
         ctx.report(0, total)
-        extractors: dict[ExtractorRef, Extractor | None] = {
-            r: None if r.from_features_stage else make_extractor(ctx, r) for r in refs
-        }
+        extractors = {r: make_extractor(ctx, r) for r in refs}
         trainings = {r: training_rows(ctx, r, extractors[r]) for r in refs}
         embeddings: dict[ExtractorRef, tuple[FixedEmbedding | None, bool | None]] = {}
         rows: list[dict[str, Any]] = []
@@ -440,9 +441,7 @@ class NoveltyStage:
                 seconds = {"sampling": sampling_seconds, "features": features_seconds}
                 seconds["detection"] = time.perf_counter() - started
                 extractor = extractors[ref]
-                random_init = ctx.results["features"]["random_init"] if extractor is None else extractor.random_init
-                name = ctx.results["features"]["extractor"] if extractor is None else extractor.name
-                row = table_row(solver, name, random_init, detection, knn_outside, seconds)
+                row = table_row(solver, extractor.name, extractor.random_init, detection, knn_outside, seconds)
                 if primary:
                     report = novelty_report(
                         train,
@@ -466,6 +465,7 @@ class NoveltyStage:
         summary = {
             **report,
             "mode": spec.mode,
+            "limitation": FIXED_MODE_LIMITATION if spec.mode == "fixed" else None,
             "fixed_embedding": fixed_info or None,
             "table": rows,
             "artifacts": [TSNE_PNG_KEY, FIGURE_KEY, ZIP_KEY, DS_KEY, OUTSIDE_KEY, GENERATED_2D_KEY, KNN_OUTSIDE_KEY],

@@ -184,8 +184,8 @@ def test_fixed_mode_boundary_and_placement_identical_after_restore(
     arrays = {name: np.array(a) for name, a in fixed.to_arrays().items()}
     metadata = json.loads(json.dumps(fixed.metadata()))
     restored = FixedEmbedding.restore(arrays, metadata, data["train"])
-    first = tsne_diverse_samples(data["train"], data["generated"], fixed=fixed)
-    second = tsne_diverse_samples(data["train"], data["generated"], fixed=restored)
+    first = tsne_diverse_samples(data["train"], data["generated"], mode="fixed", fixed=fixed)
+    second = tsne_diverse_samples(data["train"], data["generated"], mode="fixed", fixed=restored)
     for seed_index in range(3):
         np.testing.assert_array_equal(
             training_hull(first.train_2d[seed_index]).equations, training_hull(second.train_2d[seed_index]).equations
