@@ -9,7 +9,9 @@ overfitted model (003, Fig. 2 left), and the extraction test flags its samples a
 2. Copies: the extraction test (003 Eq. 7, Carlini et al.'s alpha = 0.5, n = 50, threshold 1) on samples of
    each model against that model's own training set; nearest-neighbour distances (001 Sec. 5) of the overfit
    model's samples and of the 64 unseen digits to its training set.
-3. Figures for docs/memorization.md (docs/img/memorization_*.png), the numbers as JSON, and a markdown table
+3. 003 Figs. 7-8 on the digits: the 64 images of the all-digits model's training set with the highest and the
+   lowest volume growth.
+4. Figures for docs/memorization.md (docs/img/memorization_*.png), the numbers as JSON, and a markdown table
    printed to stdout.
 
 The model trained on all digits is var/models/digits-r1 when present (the demo recipe), else the test suite's
@@ -155,13 +157,22 @@ def extraction_figure(overfit: Extraction, full: Extraction) -> None:
     figure = Figure(figsize=(6, 3.4))
     axis = figure.subplots()
     edges = np.histogram_bin_edges(np.r_[overfit.score, full.score], bins=30).tolist()
-    axis.hist(overfit.score, bins=edges, alpha=0.6, label=f"overfit model: {overfit.fraction_flagged:.0%} flagged")
-    axis.hist(full.score, bins=edges, alpha=0.6, label=f"all-digits model: {full.fraction_flagged:.0%} flagged")
+    axis.hist(overfit.score, bins=edges, alpha=0.6, label=f"overfit model: {overfit.fraction_flagged:.1%} flagged")
+    axis.hist(full.score, bins=edges, alpha=0.6, label=f"all-digits model: {full.fraction_flagged:.1%} flagged")
     axis.axvline(overfit.threshold, color="k", linestyle=":", linewidth=1)
     axis.set_xlabel("extraction ratio (003 Eq. 7); below 1 = copy")
     axis.set_ylabel("samples")
     axis.legend(fontsize=8)
     save_figure(figure, "memorization_extraction.png")
+
+
+def ranking_figures(checkpoint: Checkpoint, digits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """003 Figs. 7-8 on the digits: the 64 training images easiest and hardest to reproduce (N=1, one step)."""
+    scores = growth_scores(checkpoint, digits, labels, **DEFAULT_GROWTH)
+    order = np.argsort(-scores, kind="stable")
+    image_grid(digits[order[:64]], ncols=16).save(IMAGES / "memorization_top64.png")
+    image_grid(digits[order[::-1][:64]], ncols=16).save(IMAGES / "memorization_bottom64.png")
+    return {"top64_mean": float(scores[order[:64]].mean()), "bottom64_mean": float(scores[order[-64:]].mean())}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -222,6 +233,8 @@ def main() -> None:
             results["membership"].append({"model": name, **setting, **found.row()})
             print(results["membership"][-1], flush=True)
     growth_figure(evidence["overfit"], evidence["all digits"])
+    results["ranking"] = ranking_figures(full, digits, labels)
+    print(results["ranking"], flush=True)
 
     extractions = {}
     for name, checkpoint, training in (("overfit", overfit, digits[members]), ("all digits", full, digits)):
