@@ -19,11 +19,12 @@ SchedulerName = Literal["ddpm", "ddim", "pndm", "dpmsolver++", "unipc", "deis", 
 STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
     "sample": (),
     "features": ("sample",),
-    "memorization": ("sample",),  # after features: space "features"/"both" reads that stage's output
-    "guided": ("sample", "features"),
-    "novelty": ("sample", "features"),
+    # The diversity verdict first: a rejected checkpoint stops before the costly analyses.
     "irs": ("sample", "features"),  # with irs.early_rejection, the sample stage already retrieves each batch
     "balance": ("sample",),
+    "novelty": ("sample", "features"),
+    "memorization": ("sample",),  # after features: space "features"/"both" reads that stage's output
+    "guided": ("sample", "features"),
     "augmentation": ("sample", "features", "novelty"),  # trains classifiers; may draw extra samples
 }
 STAGE_ORDER: tuple[str, ...] = tuple(STAGE_REQUIRES)
