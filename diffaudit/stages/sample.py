@@ -20,6 +20,7 @@ import numpy as np
 from diffaudit.checkpoints import Checkpoint, class_labels_for, make_scheduler, sample_batches
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.pipeline import Queue, StageContext
+from diffaudit.stages.irs import early_rejection_monitor
 from diffaudit.store import load_array, save_array
 
 IMAGES_KEY = "sample/images.npy"
@@ -111,6 +112,4 @@ class SampleStage:
     queue: Queue = "gpu"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from diffaudit.stages.irs import early_rejection_monitor  # irs imports the pipeline's stage modules
-
         return draw_samples(ctx, early_rejection_monitor(ctx))
