@@ -419,7 +419,7 @@ class NoveltyStage:
             images, sampling_seconds = solver_images(ctx, solver)
             for ref in refs:
                 ctx.check_cancelled()
-                row_key = f"{ROWS_PREFIX}/{solver.label}/{ref.name.replace('/', '_').replace(':', '_')}.json"
+                row_key = f"{ROWS_PREFIX}/{solver.label}/{extractors[ref].cache_key()}.json"
                 primary = solver.from_sample_stage and ref.from_features_stage
                 if ctx.job.exists(row_key) and not primary:
                     rows.append(load_json(ctx.job, row_key))

@@ -208,3 +208,17 @@ def test_bad_requests_are_refused_by_the_spec() -> None:
     with pytest.raises(ValidationError):
         EvaluationSpec(novelty={"seeds": 0})
     assert stage.NoveltyStage.queue == "gpu" and stage.NoveltyStage.name == "novelty"
+
+
+def test_resumed_stage_recomputes_only_the_rows_it_has_not_stored(
+    finished: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished.job.delete_prefix("novelty/result.json")
+    calls: list[int] = []
+    detect = stage.detect
+    monkeypatch.setattr(stage, "detect", lambda *args: calls.append(1) or detect(*args))
+    summary = run_job(finished, "evaluations/a")["stages"]["novelty"]
+    assert len(calls) == 1  # the job's own row, which also makes the artifacts; the other three were stored
+    before, after = finished.summary["table"], summary["table"]
+    assert after[1:] == before[1:]
+    assert {**after[0], **timing(before[0])} == before[0]
