@@ -9,10 +9,17 @@ discriminator (Eq. 6), with per-sample unit l-infinity gradients (App. A.4). It 
 
 - DDPM (ancestral): Eq. 7 / Algorithm 1 literally, x_{t-1} = mu + Sigma^{1/2} z + Sigma_theta u, with
   Sigma_theta the variance of the step's noise (fixed or learned), added after the scheduler's step.
-- every other scheduler (DDIM, PNDM, DPM-Solver, UniPC, DEIS, Euler, Heun, ...): through the predicted noise,
-  as in Dhariwal and Nichol's classifier guidance for DDIM (their Algorithm 2): eps_hat = eps -
-  sqrt(1 - abar_t) u, converted to the checkpoint's prediction type (App. A.7). To first order this moves
-  x_{t-1} by the same beta_t u as the DDPM update.
+- DDIM: Dhariwal and Nichol's classifier guidance for DDIM (their Algorithm 2, App. A.7), eps_hat = eps -
+  sqrt(1 - abar_t) u, which moves the deterministic DDIM update by exactly
+  c_t u, c_t = sqrt(abar_prev) (1 - abar_t) / sqrt(abar_t) - sqrt(1 - abar_prev) sqrt(1 - abar_t),
+  added after the scheduler's step. It is not passed through the noise prediction because diffusers' DDIM
+  clips the predicted x_0 (clip_sample, on in DDPM-trained configs): the x_0 shift (1 - abar_t) / sqrt(abar_t) u
+  (about 150 u at the first steps) would be clipped while the noise term is not, so the two no longer cancel
+  and x_{t-1} moves by about -sqrt(1 - abar_t) u, against the guidance. Dhariwal and Nichol clip the
+  unguided x_0 and do not clip after the shift; the post-step shift does the same.
+- every other scheduler (PNDM, DPM-Solver, UniPC, DEIS, Euler, Heun, ...; none clips by default): through the
+  predicted noise, eps_hat = eps - sqrt(1 - abar_t) u, converted to the checkpoint's prediction type.
+  To first order this moves x_{t-1} by the same beta_t u as the DDPM update.
 
 Algorithm 1 applies no guidance at the last step (s = 0); the DDIM variant follows it.
 
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 
 from diffaudit.guidance.classifier import TimeConditionedCNN
 from diffaudit.guidance.losses import (
@@ -112,6 +119,8 @@ class LowDensityGuidance:
         if isinstance(scheduler, DDPMScheduler):
             # Sehwag et al. Eq. 7: + alpha Sigma grad* L_g1 + beta Sigma grad* L_g2, after mu + Sigma^{1/2} z
             return model_output, ddpm_step_variance(scheduler, t, model_output, model_input) * u
+        if isinstance(scheduler, DDIMScheduler):
+            return model_output, ddim_shift_coefficient(scheduler, t) * u
         return shift_noise_prediction(scheduler, t, model_output, u), None
 
 
@@ -138,6 +147,19 @@ def ddpm_step_variance(
     if variance_type in ("fixed_small", "fixed_large", "learned"):
         return value
     raise ValueError(f"DDPM variance_type {variance_type!r} is not supported by guided sampling")
+
+
+def ddim_shift_coefficient(scheduler: Scheduler, t: torch.Tensor) -> torch.Tensor:
+    """c_t such that eps_hat = eps - sqrt(1 - abar_t) u moves the DDIM (eta = 0) x_{t-1} by c_t u.
+
+    x_{t-1} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat with x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) /
+    sqrt(abar_t) (Song et al. 2021, Eq. 12), and the previous timestep as DDIMScheduler.step takes it.
+    """
+    index = timestep_index(t)
+    previous = index - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    abar = scheduler.alphas_cumprod[index]
+    abar_prev = scheduler.alphas_cumprod[previous] if previous >= 0 else scheduler.final_alpha_cumprod
+    return abar_prev.sqrt() * (1 - abar) / abar.sqrt() - (1 - abar_prev).sqrt() * (1 - abar).sqrt()
 
 
 def shift_noise_prediction(

@@ -24,6 +24,7 @@ from diffaudit.guidance.hardness import fit_timestep_gaussians
 from diffaudit.guidance.losses import discriminator_guidance_loss, hardness_guidance_loss, normalize_gradient
 from diffaudit.guidance.sampling import (
     LowDensityGuidance,
+    ddim_shift_coefficient,
     ddpm_step_variance,
     guidance_timesteps,
     shift_noise_prediction,
@@ -206,6 +207,27 @@ def test_noise_shift_moves_the_implied_noise_by_sqrt_one_minus_abar(prediction_t
         "sample": x0_hat,
     }
     torch.testing.assert_close(shifted, expected[prediction_type])
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_shift_is_the_noise_shift_without_clipping_and_survives_clipping(prediction_type: str) -> None:
+    # Without clipping, adding c_t u after the step is Dhariwal and Nichol's eps_hat = eps - sqrt(1 - abar_t) u.
+    plain = make_scheduler(DDIMScheduler, clip_sample=False, prediction_type=prediction_type)
+    plain.set_timesteps(10)
+    t = plain.timesteps[2]
+    x_t, output, u = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    guided = plain.step(shift_noise_prediction(plain, t, output, u), t, x_t).prev_sample
+    shifted = plain.step(output, t, x_t).prev_sample + ddim_shift_coefficient(plain, t) * u
+    torch.testing.assert_close(guided, shifted)
+    # With clip_sample the hook still moves x_{t-1} by c_t u along u (the noise shift alone would be clipped).
+    clipped = make_scheduler(DDIMScheduler, clip_sample=True, prediction_type=prediction_type)
+    clipped.set_timesteps(10)
+    guidance = tiny_guidance(0.5, 0.5, [int(t)])
+    labels = torch.tensor([0, 1])
+    hooked, shift = guidance(clipped, x_t, t, output, labels, False)
+    assert torch.equal(hooked, output) and shift is not None
+    torch.testing.assert_close(shift, ddim_shift_coefficient(clipped, t) * guidance.direction(x_t, int(t), labels))
+    assert float(ddim_shift_coefficient(clipped, t)) > 0
 
 
 class GaussianDataDenoiser(nn.Module):
