@@ -56,7 +56,7 @@ def small_cnn(in_channels: int, num_classes: int, width: int = CLASSIFIER_WIDTH)
 
 def classifier_pixels(images: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
     """uint8 NHWC images -> uint8 NCHW tensor, downscaled (bilinear, antialiased) to at most 32x32."""
-    images = np.asarray(images)
+    images = np.array(images, copy=True)  # a private, writable copy (inputs are often read-only memory maps)
     height, width = images.shape[1:3]
     scale = CLASSIFIER_MAX_SIZE / max(height, width)
     if scale >= 1:

@@ -79,7 +79,9 @@ def draw_samples(ctx: StageContext, on_batch: OnBatch | None = None) -> dict[str
     ctx.job.put_bytes(GRID_KEY, png_bytes(image_grid(np.asarray(load_array(ctx.job, IMAGES_KEY)[:GRID_SAMPLES]))))
     ctx.job.delete_prefix(BATCHES_PREFIX)
     drawn = spec.n - resume_at
+    speed = f", {drawn / seconds:.1f} images/s" if drawn else ""
     summary: dict[str, Any] = {
+        "headline": f"{spec.n} samples with {spec.scheduler} ({spec.steps} steps){speed}",
         "n": spec.n,
         "scheduler": spec.scheduler,
         "steps": spec.steps,

@@ -160,6 +160,7 @@ def test_sample_stage_stores_images_labels_and_grid(tmp_path: Path, conditional_
     assert grid.mode == "L" and grid.size == (4 * 64 + 5, 3 * 64 + 4)  # 10 tiles of 8x8 scaled by 8: 4 columns, 3 rows
     assert ctx.job.list(BATCHES_PREFIX) == []
     assert ctx.reports == [(0, 10), (4, 10), (8, 10), (10, 10)]  # type: ignore[attr-defined]
+    assert summary.pop("headline").startswith("10 samples with ddim (3 steps), ")
     assert {k: v for k, v in summary.items() if k != "images_per_second"} == {
         "n": 10,
         "scheduler": "ddim",
