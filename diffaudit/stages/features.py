@@ -49,7 +49,7 @@ class FeaturesStage:
                 ctx.job.put_file(GENERATED_KEY, path)
         generated = load_array(ctx.job, GENERATED_KEY)
         training_features(dataset, extractor, ctx.cache, spec.batch_size, _progress(ctx, len(samples), total))
-        cached = "reused cached" if training_cache_hit else "computed"
+        cached = "read from the cache" if training_cache_hit else "computed"
         return {
             "headline": f"{len(generated)} generated samples embedded with {extractor.name} "
             f"({generated.shape[1]}-d); training features {cached}",
