@@ -1,4 +1,4 @@
-"""Benchmark of the volume growth rate (003 Algorithm 1) against the UNet's own forward speed.
+"""Benchmark of the volume growth rate (Hasegawa and Yasuda Algorithm 1) against the UNet's own forward speed.
 
 Model: the demo architecture (diffaudit.demo.demo_unet: class-conditional UNet2DModel, 16x16x1,
 block_out_channels (32, 64, 64), layers_per_block 1, 10 classes) with random weights (throughput does not

@@ -1,6 +1,7 @@
 """The CI gate: does a checkpoint reach a target diversity (IRS) on a dataset? Exit 0 pass, 1 rejected, 2 error.
 
-The evaluation is the stages sample, features and irs with early rejection (supplement 002, Eq. 9, Sec. 7): sampling
+The evaluation is the stages sample, features and irs with early rejection (supplement Dombrowski et al., Eq. 9,
+Sec. 7): sampling
 stops as soon as the rule rejects, so a low-diversity checkpoint fails after a fraction of its planned samples. It
 runs on a diffaudit server (upload, submit, follow progress) or in-process (diffaudit.pipeline.run over a LocalStore
 in a cache folder, where training features and datasets are kept between runs).

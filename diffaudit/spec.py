@@ -59,9 +59,11 @@ class FeaturesSpec(_Frozen):
 
 
 class MemorizationSpec(_Frozen):
-    """The `memorization` stage: extraction test, nearest-neighbour distances, volume growth (003)."""
+    """The `memorization` stage: extraction test, nearest-neighbour distances, volume growth (Hasegawa and Yasuda)."""
 
-    alpha: float = Field(0.5, gt=0, le=10, description="extraction test (003 Eq. 7): alpha; Carlini et al. use 0.5")
+    alpha: float = Field(
+        0.5, gt=0, le=10, description="extraction test (Hasegawa and Yasuda Eq. 7): alpha; Carlini et al. use 0.5"
+    )
     n_neighbours: int = Field(
         50, ge=1, le=10_000, description="extraction test: n nearest training images averaged (Carlini et al.: 50)"
     )
@@ -89,7 +91,7 @@ GuidanceScale = Annotated[float, Field(ge=0, le=100)]
 
 
 class GuidedSpec(_Frozen):
-    """The `guided` stage: alpha-beta guided sampling towards low-density regions (Sehwag et al., 001)."""
+    """The `guided` stage: alpha-beta guided sampling towards low-density regions (Sehwag et al., Sehwag et al.)."""
 
     alphas: tuple[GuidanceScale, ...] = Field(
         (0.5,), min_length=1, max_length=16, description="scales alpha of the hardness guidance L_g1 (Eq. 7)"
@@ -180,7 +182,8 @@ class NoveltySpec(_Frozen):
 
 
 class AugmentationSpec(_Frozen):
-    """The `augmentation` stage: a classifier trained with and without generated samples and DS (paper 000 Table 2)."""
+    """The `augmentation` stage: a classifier trained with and without generated samples and DS ("The deficit of
+    new information in diffusion models", Table 2)."""
 
     seeds: int = Field(3, ge=1, le=20, description="trainings per training set (seeds 0..seeds-1): mean and spread")
     epochs: int = Field(10, ge=1, le=500, description="epochs of every classifier training")
@@ -202,7 +205,8 @@ class AugmentationSpec(_Frozen):
 
 
 class IRSSpec(_Frozen):
-    """The `irs` stage: Image Retrieval Score with bounds, early rejection while sampling (002, Eq. 9, Sec. 7)."""
+    """The `irs` stage: Image Retrieval Score with bounds, early rejection while sampling (Dombrowski et al., Eq.
+    9, Sec. 7)."""
 
     target: float = Field(
         0.5,
@@ -227,7 +231,7 @@ class IRSSpec(_Frozen):
 
 
 class BalanceSpec(_Frozen):
-    """The `balance` stage: generated class shares against the training shares (thesis 004, Ch. 4)."""
+    """The `balance` stage: generated class shares against the training shares (thesis the thesis, Ch. 4)."""
 
     labels: Literal["classifier", "conditioning"] = Field(
         "classifier",

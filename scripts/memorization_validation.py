@@ -1,15 +1,19 @@
 """Issue 6, "Reproduce the paper's validation": volume growth separates training images from unseen ones on an
-overfitted model (003, Fig. 2 left), and the extraction test flags its samples as copies.
+overfitted model (Hasegawa and Yasuda, Fig. 2 left), and the extraction test flags its samples as copies.
 
 1. Membership: the "digits-overfit" demo model (trained on the first 64 digits) scores those 64 images and the
-   next 64 digits, which it never saw, with the volume growth rate (003 Algorithm 1; N = 1 axis, sigma = 0.05,
+   next 64 digits, which it never saw, with the volume growth rate (Hasegawa and Yasuda Algorithm 1; N = 1 axis,
+   sigma = 0.05,
    one step by default, plus a few other settings). Reported: both means, Welch's t-test p-value, and the ROC
-   AUC of the score as a detector of training membership (score higher = member, the direction of 003 Fig. 2).
+   AUC of the score as a detector of training membership (score higher = member, the direction of Hasegawa and
+   Yasuda, Fig. 2).
    Control: the same 128 images under the model trained on all digits, for which all of them are members.
-2. Copies: the extraction test (003 Eq. 7, Carlini et al.'s alpha = 0.5, n = 50, threshold 1) on samples of
-   each model against that model's own training set; nearest-neighbour distances (001 Sec. 5) of the overfit
+2. Copies: the extraction test (Hasegawa and Yasuda Eq. 7, Carlini et al.'s alpha = 0.5, n = 50, threshold 1) on
+samples of
+   each model against that model's own training set; nearest-neighbour distances (Sehwag et al., Sec. 5) of the overfit
    model's samples and of the 64 unseen digits to its training set.
-3. 003 Figs. 7-8 on the digits: the 64 images of the all-digits model's training set with the highest and the
+3. Hasegawa and Yasuda Figs. 7-8 on the digits: the 64 images of the all-digits model's training set with the
+highest and the
    lowest volume growth.
 4. Figures for docs/memorization.md (docs/img/memorization_*.png), the numbers as JSON, and a markdown table
    printed to stdout.
@@ -46,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "img"
 MODELS = ROOT / "var" / "models"
 TEST_MODEL = ROOT / "var" / "test-models" / "digits-r1-steps400"
-DEFAULT_GROWTH = {"n_axes": 1, "sigma": 0.05, "n_steps": 1}  # 003 Fig. 3 / Figs. 7-8
+DEFAULT_GROWTH = {"n_axes": 1, "sigma": 0.05, "n_steps": 1}  # Hasegawa and Yasuda Fig. 3 / Figs. 7-8
 OTHER_SETTINGS = (
     {"n_axes": 1, "sigma": 0.01, "n_steps": 1},
     {"n_axes": 1, "sigma": 0.1, "n_steps": 1},
@@ -83,7 +87,8 @@ def membership_evidence(members: np.ndarray, non_members: np.ndarray) -> Members
 
 
 def growth_scores(checkpoint: Checkpoint, images: np.ndarray, labels: np.ndarray, **options: Any) -> np.ndarray:
-    """Volume growth (003 Alg. 1) of uint8 images, class-conditioned on their labels when the model is."""
+    """Volume growth (Hasegawa and Yasuda, Algorithm 1) of uint8 images, class-conditioned on their labels when the
+    model is."""
     conditional = checkpoint.info.num_class_embeds is not None
     return volume_growth_dataset(
         checkpoint.unet, checkpoint.scheduler_config, images, labels if conditional else None, **options
@@ -160,14 +165,15 @@ def extraction_figure(overfit: Extraction, full: Extraction) -> None:
     axis.hist(overfit.score, bins=edges, alpha=0.6, label=f"overfit model: {overfit.fraction_flagged:.1%} flagged")
     axis.hist(full.score, bins=edges, alpha=0.6, label=f"all-digits model: {full.fraction_flagged:.1%} flagged")
     axis.axvline(overfit.threshold, color="k", linestyle=":", linewidth=1)
-    axis.set_xlabel("extraction ratio (003 Eq. 7); below 1 = copy")
+    axis.set_xlabel("extraction ratio (Hasegawa and Yasuda, Eq. 7); below 1 = copy")
     axis.set_ylabel("samples")
     axis.legend(fontsize=8)
     save_figure(figure, "memorization_extraction.png")
 
 
 def ranking_figures(checkpoint: Checkpoint, digits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """003 Figs. 7-8 on the digits: the 64 training images easiest and hardest to reproduce (N=1, one step)."""
+    """Hasegawa and Yasuda Figs. 7-8 on the digits: the 64 training images easiest and hardest to reproduce (N=1,
+    one step)."""
     scores = growth_scores(checkpoint, digits, labels, **DEFAULT_GROWTH)
     order = np.argsort(-scores, kind="stable")
     image_grid(digits[order[:64]], ncols=16).save(IMAGES / "memorization_top64.png")
@@ -195,8 +201,9 @@ def markdown(results: dict[str, Any]) -> str:
     nn = results["nearest_neighbours"]
     lines += [
         "",
-        f"Nearest-training-image pixel distance (001 Sec. 5), overfit model: samples {nn['generated_mean']:.1f}, "
-        f"unseen digits 64-127 {nn['held_out_mean']:.1f} (ratio {nn['ratio']:.2f}).",
+        "Nearest-training-image pixel distance (Sehwag et al., Sec. 5), overfit model: "
+        f"samples {nn['generated_mean']:.1f}, unseen digits 64-127 {nn['held_out_mean']:.1f} "
+        f"(ratio {nn['ratio']:.2f}).",
     ]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Class balance of generated samples against the training data (thesis 004, Ch. 4).
+"""Class balance of generated samples against the training data (thesis the thesis, Ch. 4).
 
 The thesis observes that diffusion models generate some classes far more often than their training share (e.g. MNIST
 label 8 at 20-40% instead of 10%, Sec. 4.3). Given training labels and the labels of generated samples (from a

@@ -1,7 +1,7 @@
 """Neighbourhood density of embeddings: hardness score, AvgkNN, LOF, precision (Sehwag et al.).
 
-Paper: "Generating High Fidelity Data from Low-density Regions using Diffusion Models"
-(`/work/shared/papers/001_7bb536645a19429e.txt`), Sec. 3.2.1 (Eq. 3), Sec. 4.2 (Fig. 7), Table 1.
+Paper: "Generating High Fidelity Data from Low-density Regions using Diffusion Models",
+Sec. 3.2.1 (Eq. 3), Sec. 4.2 (Fig. 7), Table 1.
 
 - `ClassGaussians`: one Gaussian per class in an embedding space; `hardness_score` is the
   negative log-likelihood of Eq. 3. Covariances are Ledoit-Wolf shrunk, plus a 1e-6 relative ridge,

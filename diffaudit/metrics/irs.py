@@ -1,8 +1,7 @@
 """Image Retrieval Score (IRS): N_learned, IRS_alpha, IRS_inf with bounds, the adjusted score, k_min, per class.
 
-Paper: Dombrowski et al., "Image Generation Diversity Issues and How to Tame Them" (supplement: 002_9784b9d35f3993d5
-.txt; the main paper's Eqs. 1-8 as restated in /work/shared/papers/README.md). Occupancy probabilities come from
-diffaudit.metrics.occupancy.
+Paper: Dombrowski et al., "Image Generation Diversity Issues and How to Tame Them", its supplementary material
+and the main paper's Eqs. 1-8. Occupancy probabilities come from diffaudit.metrics.occupancy.
 
 Reading of Eq. 9 used throughout: k_min is the largest k with P(K <= k | N_sample, s_d) < alpha_e, s_d =
 ceil(IRS_d * N_train) (the smallest whole number of images meeting the target), and a checkpoint is rejected when

@@ -1,18 +1,19 @@
 """Memorization of training images by generated samples: the extraction test and nearest-neighbour distances.
 
 Extraction test (Carlini et al., "Extracting Training Data from Diffusion Models", USENIX Security 2023,
-Sec. 5.1; restated as Eq. 7 of Hasegawa and Yasuda, 003): a generated sample x^ copies its nearest training
+Sec. 5.1; restated as Eq. 7 of Hasegawa and Yasuda): a generated sample x^ copies its nearest training
 image x when
 
     l(x^, x; S_x^) = l2(x^, x) / (alpha * mean_{y in S_x^} l2(x^, y))  <  threshold,
 
-S_x^ being the n training images nearest to x^ (x included). 003 restates the formula but not the numbers;
+S_x^ being the n training images nearest to x^ (x included). Hasegawa and Yasuda restate the formula but not the
+numbers;
 the defaults alpha = 0.5 and n = 50 are Carlini et al.'s (Sec. 5.1, CIFAR-10). With threshold = 1 a sample
 is a copy when its nearest training image is more than twice as close as its 50 nearest are on average.
 Carlini et al. use l2 normalised by sqrt(dimension); the ratio does not depend on that factor.
 
-Nearest-neighbour distances (Sehwag et al., 001, Sec. 5): if a model copied its training data, generated
-samples would lie much closer to the training set than held-out real images do (001 finds 0.42 for its
+Nearest-neighbour distances (Sehwag et al., Sehwag et al., Sec. 5): if a model copied its training data, generated
+samples would lie much closer to the training set than held-out real images do (Sehwag et al. find 0.42 for its
 samples against 0.29 for real validation images, in a classifier's feature space).
 
 Both work on any arrays (N, ...) flattened to vectors: pixels or an extractor's features. Distances come from
@@ -44,13 +45,13 @@ def as_vectors(array: ArrayLike) -> np.ndarray:
 
 
 def extraction_ratio(neighbour_distances: np.ndarray, alpha: float = CARLINI_ALPHA) -> np.ndarray:
-    """Eq. 7 of 003 from each sample's ascending distances (G, n) to its n nearest training images.
+    """Eq. 7 of Hasegawa and Yasuda from each sample's ascending distances (G, n) to its n nearest training images.
 
     A sample whose n nearest are all at distance 0 (duplicated training images) gets 0: it is a copy.
     """
     nearest = neighbour_distances[:, 0]
     scale = alpha * neighbour_distances.mean(axis=1)
-    return np.divide(nearest, scale, out=np.zeros_like(nearest), where=scale > 0)  # 003 Eq. 7
+    return np.divide(nearest, scale, out=np.zeros_like(nearest), where=scale > 0)  # Hasegawa and Yasuda, Eq. 7
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def extraction_test(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     device: torch.device | None = None,
 ) -> Extraction:
-    """Carlini et al.'s extraction test (003 Eq. 7) of every generated sample against the training set."""
+    """Carlini et al.'s extraction test (Hasegawa and Yasuda, Eq. 7) of every generated sample against the training
+    set."""
     if alpha <= 0 or threshold <= 0:
         raise ValueError(f"alpha and threshold must be positive, got alpha={alpha}, threshold={threshold}")
     neighbours = nearest_neighbours(
@@ -132,7 +134,7 @@ def nearest_neighbour_distances(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     device: torch.device | None = None,
 ) -> np.ndarray:
-    """L2 distance (Q,) from each query to its nearest training vector (001 Sec. 5)."""
+    """L2 distance (Q,) from each query to its nearest training vector (Sehwag et al., Sec. 5)."""
     neighbours = nearest_neighbours(
         as_vectors(queries), as_vectors(training), 1, memory_budget_bytes=memory_budget_bytes, device=device
     )
@@ -159,7 +161,7 @@ def distance_summary(values: np.ndarray) -> dict[str, Any]:
 def nearest_neighbour_comparison(
     generated_distances: np.ndarray, held_out_distances: np.ndarray, *, bins: int = 30
 ) -> dict[str, Any]:
-    """001 Sec. 5: nearest-training-image distances of generated samples against held-out real images.
+    """Sehwag et al., Sec. 5: nearest-training-image distances of generated samples against held-out real images.
 
     JSON-able: both summaries, the ratio of their means (well below 1 suggests copying), and histograms of
     both on shared bin edges.

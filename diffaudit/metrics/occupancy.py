@@ -2,7 +2,7 @@
 
 If a model can produce s distinct training images and n samples are drawn uniformly among them, the number K of
 distinct images seen follows P(K = k | n, s) = S2(n, k) s! / ((s - k)! s^n), S2 the Stirling numbers of the second
-kind (Dombrowski et al., main paper Eqs. 6-8, restated in /work/shared/papers/README.md).
+kind (Dombrowski et al., "Image Generation Diversity Issues and How to Tame Them", Eqs. 6-8).
 
 Three methods, chosen by size (`method="auto"`):
 - "exact": log S2(n, .) by the recurrence S2(n, k) = k S2(n-1, k) + S2(n-1, k-1) in log space, O(n^2), n <= 1000.

@@ -1,7 +1,7 @@
 """Volume growth rate: how easily a diffusion model reproduces a training image.
 
 Hasegawa and Yasuda, "Quantifying the Ease of Reproducing Training Data in Unconditional Diffusion
-Models" (003), Algorithm 1 and Eq. 13: put N orthogonal axes of length sigma around an image, carry the
+Models" (Hasegawa and Yasuda), Algorithm 1 and Eq. 13: put N orthogonal axes of length sigma around an image, carry the
 centre and the axis ends along the deterministic probability-flow ODE (Eq. 8) towards noise, and accumulate
 in log space how much the small parallelepiped they span grows, re-orthogonalising the axes (Gram-Schmidt,
 largest stretch first) and resetting them to length sigma after every step. Images the model can generate
@@ -142,7 +142,7 @@ def volume_growth(
     first_index: int = 0,
     return_curve: bool = False,
 ) -> VolumeGrowth:
-    """Log volume growth rate log l_T of each image (003, Algorithm 1 / Eq. 13).
+    """Log volume growth rate log l_T of each image (Hasegawa and Yasuda, Algorithm 1 / Eq. 13).
 
     images: (B, C, H, W) in [-1, 1]; class_labels: (B,) for a class-conditional UNet, else None.
     The centre and the N axis ends of all B images go through the UNet together, one call of B (N + 1)

@@ -1,4 +1,5 @@
-"""The `augmentation` stage: are diverse samples better training data? (paper 000, Sec. 4, Table 2).
+"""The `augmentation` stage: are diverse samples better training data? ("The deficit of new information in
+diffusion models", Sec. 4, Table 2).
 
 On a labelled image dataset with a held-out split, the same small classifier
 (diffaudit.metrics.augmentation) is trained, once per seed, on

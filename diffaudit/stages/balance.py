@@ -1,4 +1,4 @@
-"""The `balance` stage: do generated samples reproduce the training class shares? (thesis 004, Ch. 4)
+"""The `balance` stage: do generated samples reproduce the training class shares? (thesis the thesis, Ch. 4)
 
 The generated samples are classified by diffaudit.metrics.augmentation's small CNN trained on the dataset's training
 split, cached in the shared cache under the dataset content hash, a hash of the training split and the training

@@ -1,6 +1,6 @@
 """The `irs` stage: Image Retrieval Score with bounds and a verdict, and the early-rejection monitor of sampling.
 
-Paper: Dombrowski et al., supplement 002 (IRS, Eq. 9, Sec. 7 and Fig. 7, Sec. 11); the quantities come from
+Paper: Dombrowski et al., supplementary material (IRS, Eq. 9, Sec. 7 and Fig. 7, Sec. 11); the quantities come from
 diffaudit.metrics.irs and the decision rules from diffaudit.metrics.early_rejection.
 
 - References are the training split's features (the features stage's cached training features indexed with the

@@ -1,13 +1,16 @@
 """The `memorization` stage: which training images the model reproduces, and which it finds easy to reproduce.
 
-1. Extraction test (Carlini et al. 2023; 003 Eq. 7) of every generated sample against the training images, in
+1. Extraction test (Carlini et al. 2023; Hasegawa and Yasuda, Eq. 7) of every generated sample against the training
+images, in
    pixel space and/or the features stage's feature space: the fraction flagged as copies, the flagged
    (generated, training) pairs side by side, and every copied training image with how often it was copied.
-2. Nearest-neighbour distances generated -> training against held-out real -> training (001 Sec. 5), when the
+2. Nearest-neighbour distances generated -> training against held-out real -> training (Sehwag et al., Sec. 5), when the
    dataset has a held-out split.
-3. Volume growth rate (003 Algorithm 1, Eq. 13) of the training images under the checkpoint's probability-flow
-   ODE: a score per image (higher = easier to reproduce, 003 Fig. 2), the ranking, the top and bottom images
-   (003 Figs. 7-8), a histogram, a CSV (index,label,score,rank) and, on request, the curve log l_t.
+3. Volume growth rate (Hasegawa and Yasuda, Algorithm 1, Eq. 13) of the training images under the checkpoint's
+probability-flow
+   ODE: a score per image (higher = easier to reproduce, Hasegawa and Yasuda, Fig. 2), the ranking, the top and
+   bottom images
+   (Hasegawa and Yasuda, Figs. 7-8), a histogram, a CSV (index,label,score,rank) and, on request, the curve log l_t.
 
 Artifacts (under `memorization/`):
   {space}/extraction_score.npy, {space}/nearest_index.npy   Eq. 7 ratio and nearest training image (dataset
@@ -136,7 +139,8 @@ def histogram_png(series: dict[str, np.ndarray], edges: np.ndarray, xlabel: str,
 
 
 def extraction_in(ctx: StageContext, spec: MemorizationSpec, space: str) -> dict[str, Any]:
-    """Extraction test (003 Eq. 7) and nearest-neighbour comparison (001 Sec. 5) in one space; stores artifacts."""
+    """Extraction test (Hasegawa and Yasuda, Eq. 7) and nearest-neighbour comparison (Sehwag et al., Sec. 5) in one
+    space; stores artifacts."""
     dataset, prefix = ctx.dataset, f"{PREFIX}/{space}"
     generated, items = vectors_in(ctx, space)
     train_indices, heldout_indices = dataset.train_indices(), dataset.heldout_indices()
@@ -186,7 +190,7 @@ def extraction_in(ctx: StageContext, spec: MemorizationSpec, space: str) -> dict
             {"generated": generated_nn, "held-out real": heldout_nn},
             edges,
             f"L2 distance to the nearest training item ({space})",
-            "Nearest-training-item distances (001 Sec. 5)",
+            "Nearest-training-item distances (Sehwag et al., Sec. 5)",
         ),
     )
     result["nearest_neighbours"] = {k: v for k, v in comparison.items() if k != "histogram"}  # it is the PNG
@@ -213,7 +217,8 @@ def growth_labels(checkpoint: Checkpoint, dataset: Dataset) -> np.ndarray | None
 
 
 def score_training_images(ctx: StageContext, spec: MemorizationSpec, indices: np.ndarray) -> tuple[np.ndarray, Any]:
-    """Volume growth (003 Alg. 1) of the dataset images `indices`, chunk by chunk; finished chunks are skipped."""
+    """Volume growth (Hasegawa and Yasuda, Algorithm 1) of the dataset images `indices`, chunk by chunk; finished
+    chunks are skipped."""
     checkpoint: Checkpoint = ctx.checkpoint
     dataset, n = ctx.dataset, len(indices)
     item_shape = (checkpoint.info.sample_size, checkpoint.info.sample_size, checkpoint.info.in_channels)
@@ -276,7 +281,7 @@ def curve_png(curve: np.ndarray) -> bytes:
     axis.plot(steps, middle, label="median")
     axis.set_xlabel("ODE step t")
     axis.set_ylabel("log l_t")
-    axis.set_title("Volume growth along the probability-flow ODE (003 Eq. 13)")
+    axis.set_title("Volume growth along the probability-flow ODE (Hasegawa and Yasuda, Eq. 13)")
     axis.legend()
     return figure_png(figure)
 

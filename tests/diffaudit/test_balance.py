@@ -1,4 +1,4 @@
-"""Class balance (thesis 004, Ch. 4) against hand-computed values."""
+"""Class balance (thesis the thesis, Ch. 4) against hand-computed values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""IRS: values printed in the supplement (002_9784b9d35f3993d5.txt), hand-computed cases and brute-force scans."""
+"""IRS: values printed in the IRS paper's supplement, hand-computed cases and brute-force scans."""
 
 from __future__ import annotations
 

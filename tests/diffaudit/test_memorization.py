@@ -1,4 +1,5 @@
-"""Extraction test (003 Eq. 7, Carlini et al.) and nearest-neighbour distances (001 Sec. 5) against brute force."""
+"""Extraction test (Hasegawa and Yasuda Eq. 7, Carlini et al.) and nearest-neighbour distances (Sehwag et al. Sec.
+5) against brute force."""
 
 from __future__ import annotations
 

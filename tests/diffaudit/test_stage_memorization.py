@@ -291,7 +291,7 @@ def test_fast_validation_training_membership_and_copies(sixteen_digit_model: Pat
         growth_scores(overfit, digits[members], labels[members]),
         growth_scores(overfit, digits[unseen], labels[unseen]),
     )
-    assert found.members.mean() > found.non_members.mean()  # trained images grow faster (003 Fig. 2)
+    assert found.members.mean() > found.non_members.mean()  # trained images grow faster (Hasegawa and Yasuda, Fig. 2)
     assert found.auc >= 0.9 and found.p_value < 1e-3
     copies = extraction_test(draw_samples(overfit, 32, 20), digits[members], n_neighbours=8, device=cpu)
     everything = load_checkpoint(tiny_demo_model, cpu)  # trained on all 1,797 digits

@@ -1,4 +1,4 @@
-"""Volume growth rate (003 Algorithm 1, Eq. 13) against QR, analytic linear models and batching."""
+"""Volume growth rate (Hasegawa and Yasuda Algorithm 1, Eq. 13) against QR, analytic linear models and batching."""
 
 from __future__ import annotations
 
