@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from diffaudit.datasets.digits import DIGITS_SIZE, load_digits16
 
-RECIPE_VERSION = 1  # bump when a recipe or the architecture changes: cached models are then retrained
+RECIPE_VERSION = 2  # bump when a recipe or the architecture changes: cached models are then retrained
 NUM_DIGIT_CLASSES = 10
 OVERFIT_IMAGES = 64
 WARMUP_STEPS = 100

@@ -7,8 +7,8 @@ minority class topped up to the size of the largest class, (c) plus as many DS o
 Prints the table as markdown (for docs/augmentation.md), writes the bar chart to
 docs/img/augmentation_accuracy.png and the table JSON next to it.
 
-The model is the demo model var/models/digits-r1 when present (the demo recipe), else the test
-suite's var/test-models/digits-r1-steps400 (the same recipe stopped after 400 steps); the output
+The model is the cached demo model in var/models when present (the demo recipe), else the test
+suite's 400-step model in var/test-models (the same recipe stopped after 400 steps); the output
 says which. Both were trained on all 1,797 digits, held-out split included (see the docs).
 Threads, set deliberately: torch uses 1 thread (2 cores shared with other agents).
 Usage: .venv/bin/python scripts/augmentation_table.py [--samples 500] [--steps 20] [--extra 1024]
@@ -33,7 +33,7 @@ from diffaudit.store import LocalStore, ScopedStore, load_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "var" / "models"
-TEST_MODEL = ROOT / "var" / "test-models" / "digits-r1-steps400"
+TEST_MODEL = ROOT / "var" / "test-models" / demo_folder_name("digits", 400)
 IMAGES = ROOT / "docs" / "img"
 JOB = "evaluations/augmentation-table"
 
@@ -41,8 +41,8 @@ JOB = "evaluations/augmentation-table"
 def checkpoint_dir() -> tuple[Path, str]:
     """The demo model if it is already trained, else the test suite's shorter-trained one."""
     if (MODELS / demo_folder_name("digits", None)).is_dir():
-        return ensure_demo_model("digits", MODELS, progress=False), "demo model digits-r1 (1,500 training steps)"
-    return TEST_MODEL, "test model digits-r1-steps400 (demo recipe stopped after 400 steps; demo model not ready)"
+        return ensure_demo_model("digits", MODELS, progress=False), "demo model digits (1,500 training steps)"
+    return TEST_MODEL, "test model digits, 400 steps (demo recipe stopped after 400 steps; demo model not ready)"
 
 
 def cell(accuracy: dict[str, Any]) -> str:

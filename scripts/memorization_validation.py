@@ -18,8 +18,8 @@ highest and the
 4. Figures for docs/memorization.md (docs/img/memorization_*.png), the numbers as JSON, and a markdown table
    printed to stdout.
 
-The model trained on all digits is var/models/digits-r1 when present (the demo recipe), else the test suite's
-var/test-models/digits-r1-steps400 (the same recipe stopped after 400 steps); the output says which.
+The model trained on all digits is the cached demo model in var/models when present (the demo recipe), else the
+test suite's 400-step model in var/test-models (the same recipe stopped after 400 steps); the output says which.
 Threads, set deliberately: torch uses 1 thread (2 cores shared with other agents).
 Usage: .venv/bin/python scripts/memorization_validation.py [--samples 256] [--steps 50] [--no-curves]
 """
@@ -49,7 +49,7 @@ from diffaudit.metrics.volume_growth import volume_growth_dataset
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "img"
 MODELS = ROOT / "var" / "models"
-TEST_MODEL = ROOT / "var" / "test-models" / "digits-r1-steps400"
+TEST_MODEL = ROOT / "var" / "test-models" / demo_folder_name("digits", 400)
 DEFAULT_GROWTH = {"n_axes": 1, "sigma": 0.05, "n_steps": 1}  # Hasegawa and Yasuda Fig. 3 / Figs. 7-8
 OTHER_SETTINGS = (
     {"n_axes": 1, "sigma": 0.01, "n_steps": 1},
