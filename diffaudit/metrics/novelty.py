@@ -479,10 +479,15 @@ def novelty_report(
     n_rounds: int = 10,
     seed: int = 0,
     device: torch.device | None = None,
+    support_ds: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """JSON-able summary of a stage: t-SNE DS over seeds, k-NN support DS, their agreement, H and KL."""
+    """JSON-able summary of a stage: t-SNE DS over seeds, k-NN support DS, their agreement, H and KL.
+
+    `support_ds`: the k-NN support flags when the caller already has them (same k), else computed.
+    """
     tsne_ds = majority(detection.outside)
-    support_ds = outside_knn_balls(train_features, generated_features, knn_k, device=device)
+    if support_ds is None:
+        support_ds = outside_knn_balls(train_features, generated_features, knn_k, device=device)
     return {
         "n_train": len(train_features),
         "n_generated": len(generated_features),

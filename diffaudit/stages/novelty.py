@@ -43,6 +43,7 @@ from diffaudit.metrics.novelty import (
     TsneParams,
     fit_fixed_embedding,
     hull_margin,
+    knn_radii,
     majority,
     novelty_report,
     outside_knn_balls,
@@ -198,6 +199,13 @@ def training_rows(ctx: StageContext, ref: ExtractorRef, extractor: Extractor) ->
         everything = training_features(dataset, extractor, ctx.cache, ctx.spec.features.batch_size)
         name = extractor.cache_key()
     return np.asarray(everything[dataset.train_indices()], dtype=np.float32), name
+
+
+def heldout_rows(ctx: StageContext) -> np.ndarray:
+    """Features of the held-out split under the features stage's extractor (possibly empty)."""
+    key = ctx.results["features"]["training_features_key"]
+    everything = ctx.dataset.features if key is None else load_array(ctx.cache, key)
+    return np.asarray(everything[ctx.dataset.heldout_indices()], dtype=np.float32)
 
 
 # --- the fixed embedding, shared through the cache -------------------------------------------
@@ -379,16 +387,27 @@ def training_image_examples(ctx: StageContext) -> np.ndarray:
     return np.asarray(dataset.images[np.sort(picks)])
 
 
+def heldout_baseline(ctx: StageContext, train: np.ndarray, radii: np.ndarray) -> dict[str, Any]:
+    """Share of held-out REAL images outside every training k-NN ball: the detector's rate on in-distribution data."""
+    heldout = heldout_rows(ctx)
+    if len(heldout) == 0:
+        return {"heldout_n": 0, "heldout_rate": None}
+    outside = outside_knn_balls(train, heldout, ctx.spec.novelty.knn_k, radii, device=ctx.device)
+    return {"heldout_n": len(heldout), "heldout_rate": float(np.mean(outside))}
+
+
 # --- the stage ----------------------------------------------------------------------------------
 
 
 def headline(summary: dict[str, Any]) -> str:
     tsne, support, info = summary["tsne"], summary["knn_support"], summary["information"]
     per_seed = "/".join(str(c) for c in tsne["count_per_seed"])
+    rate = support.get("heldout_rate")
+    baseline = "" if rate is None else f" (held-out real images: {100 * rate:.0f}%)"
     text = (
         f"DS ({tsne['mode']} t-SNE, majority of {len(tsne['seeds'])} seeds): {tsne['majority_count']} of "
         f"{summary['n_generated']} ({100 * tsne['majority_rate']:.1f}%; per seed {per_seed}, Jaccard "
-        f"{tsne['jaccard_mean']:.2f}); outside every {support['k']}-NN ball: {support['count']}; "
+        f"{tsne['jaccard_mean']:.2f}); outside every {support['k']}-NN ball: {support['count']}{baseline}; "
         f"agreement kappa {summary['agreement']['cohen_kappa']:.2f}; KL(gen||train) "
         f"{info['kl_generated_train']:.2f} +- {info['kl_generated_train_se']:.2f} nats"
     )
@@ -413,6 +432,7 @@ class NoveltyStage:
         extractors = {r: make_extractor(ctx, r) for r in refs}
         trainings = {r: training_rows(ctx, r, extractors[r]) for r in refs}
         embeddings: dict[ExtractorRef, tuple[FixedEmbedding | None, bool | None]] = {}
+        radii: dict[ExtractorRef, np.ndarray] = {}  # training k-NN radii, shared by every solver
         rows: list[dict[str, Any]] = []
         report: dict[str, Any] = {}
         for solver in solvers:
@@ -437,7 +457,9 @@ class NoveltyStage:
                     )
                 fixed = embeddings.get(ref, (None, None))[0]
                 detection = detect(train, generated, spec, params, fixed)
-                knn_outside = outside_knn_balls(train, generated, spec.knn_k, device=ctx.device)
+                if ref not in radii:
+                    radii[ref] = knn_radii(train, spec.knn_k, ctx.device)
+                knn_outside = outside_knn_balls(train, generated, spec.knn_k, radii[ref], device=ctx.device)
                 seconds = {"sampling": sampling_seconds, "features": features_seconds}
                 seconds["detection"] = time.perf_counter() - started
                 extractor = extractors[ref]
@@ -452,7 +474,9 @@ class NoveltyStage:
                         spec.entropy_k,
                         spec.n_rounds,
                         device=ctx.device,
+                        support_ds=knn_outside,
                     )
+                    report["knn_support"].update(heldout_baseline(ctx, train, radii[ref]))
                     scores = store_artifacts(ctx, detection, knn_outside, train, generated)
                     report["ds_top"] = scores[:10]
                 save_json(ctx.job, row_key, row)
