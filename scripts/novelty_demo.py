@@ -6,8 +6,8 @@ solvers and a second extractor. Prints both tables as markdown (for docs/novelty
 docs/img/novelty_tsne.png (t-SNE scatter), docs/img/novelty_fig1.png (the paper's Fig. 1) and
 docs/img/novelty_table.json.
 
-The model is the demo model var/models/digits-r1 when present, else the test suite's
-var/test-models/digits-r1-steps400 (the same recipe stopped after 400 steps); the output says which.
+The model is the cached demo model in var/models when present, else the test suite's
+400-step model in var/test-models (the same recipe stopped after 400 steps); the output says which.
 The extractors are random-initialised (no pretrained weights offline): random-cnn and raw pixels.
 Threads, set deliberately: torch and t-SNE use 1 thread (2 cores shared with other agents).
 Usage: .venv/bin/python scripts/novelty_demo.py [--samples 300] [--steps 20] [--seeds 2]
@@ -31,7 +31,7 @@ from diffaudit.store import LocalStore, ScopedStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "var" / "models"
-TEST_MODEL = ROOT / "var" / "test-models" / "digits-r1-steps400"
+TEST_MODEL = ROOT / "var" / "test-models" / demo_folder_name("digits", 400)
 IMAGES = ROOT / "docs" / "img"
 SOLVERS = [
     {"scheduler": "pndm", "steps": 20},
@@ -43,8 +43,8 @@ SOLVERS = [
 def checkpoint_dir() -> tuple[Path, str]:
     """The demo model if it is already trained, else the test suite's shorter-trained one."""
     if (MODELS / demo_folder_name("digits", None)).is_dir():
-        return ensure_demo_model("digits", MODELS, progress=False), "demo model digits-r1 (1,500 training steps)"
-    return TEST_MODEL, "test model digits-r1-steps400 (demo recipe stopped after 400 steps; demo model not ready)"
+        return ensure_demo_model("digits", MODELS, progress=False), "demo model digits (1,500 training steps)"
+    return TEST_MODEL, "test model digits, 400 steps (demo recipe stopped after 400 steps; demo model not ready)"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
