@@ -7,7 +7,6 @@ transaction that stored them commits, so a worker always finds the row it is giv
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 from celery import Celery
@@ -38,17 +37,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=1)
+_client: Celery | None = None
+
+
 def celery_client() -> Celery:
-    """The module's Celery client, configured from the process settings on first use."""
-    client = Celery("diffaudit-api", set_as_current=False)
-    client.conf.update(celery_config(get_settings()))
-    return client
+    """The API's Celery client, configured from the process settings on first use."""
+    if _client is None:
+        configure_client(get_settings())
+    assert _client is not None
+    return _client
 
 
 def configure_client(settings: Settings) -> None:
-    """Point the client at the broker of explicit settings (create_app(settings))."""
-    celery_client().conf.update(celery_config(settings))
+    """Point the API's client at the broker of `settings` (create_app(settings)).
+
+    A new client each time: a client that has connected keeps its broker connection pool, so
+    updating its configuration would leave tasks going to the old broker.
+    """
+    global _client
+    client = Celery("diffaudit-api", set_as_current=False)
+    client.conf.update(celery_config(settings))
+    _client = client
 
 
 def enqueue(task_name: str, *args: Any, queue: str | None = None) -> None:

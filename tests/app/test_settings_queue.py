@@ -53,3 +53,18 @@ def test_enqueue_sends_the_task_by_name_to_its_queue() -> None:
         ("stages.sample", "['ev_123', 'sample']"),
     ]
     assert celery_client().conf.broker_url == "memory://"
+
+
+def test_reconfiguring_the_client_moves_tasks_to_the_new_broker() -> None:
+    """A client that already sent over one broker must send over the next one it is configured with."""
+    import redis
+
+    configure_client(Settings(broker_url="memory://"))
+    enqueue(RUN_EVALUATION, "ev_first")
+    url = "redis://127.0.0.1:6379/14"
+    store = redis.Redis.from_url(url)
+    store.delete("cpu")
+    configure_client(Settings(broker_url=url))
+    enqueue(RUN_EVALUATION, "ev_second")
+    assert store.llen("cpu") == 1
+    store.delete("cpu")
