@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from stage_jobs import Job, run_on_digits
 
 from diffaudit import demo
 from diffaudit.checkpoints import load_checkpoint
-from diffaudit.datasets import Dataset, ingest_dataset, write_builtin_dataset
+from diffaudit.datasets import Dataset, ingest_dataset
 from diffaudit.datasets.digits import load_digits16
 from diffaudit.datasets.ingest import IngestLimits
 from diffaudit.metrics.memorization import extraction_test, nearest_neighbour_distances
@@ -22,7 +22,7 @@ from diffaudit.metrics.volume_growth import volume_growth_dataset
 from diffaudit.pipeline import Cancelled, StageContext, run
 from diffaudit.spec import EvaluationSpec
 from diffaudit.stages import memorization as stage
-from diffaudit.store import LocalStore, ScopedStore, load_array, load_json
+from diffaudit.store import ScopedStore, load_array, load_json
 from scripts.memorization_validation import draw_samples, growth_scores, membership_evidence
 
 CHUNK = 16
@@ -44,29 +44,12 @@ SPEC = EvaluationSpec(
 )
 
 
-@dataclass
-class Job:
-    store: LocalStore
-    dataset: Dataset
-    job: ScopedStore
-    results: dict[str, Any]
-    model: Path
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return self.results["stages"]["memorization"]
-
-
 @pytest.fixture(scope="module")
 def finished(tiny_demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Job:
     """One job (sample, features, memorization in both spaces) on the built-in digits, chunks of 16 images."""
-    store = LocalStore(tmp_path_factory.mktemp("memorization"))
-    write_builtin_dataset("digits", store, "datasets/digits")
-    dataset = Dataset.open(store, "datasets/digits")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage, "CHUNK_IMAGES", CHUNK)
-        results = run(SPEC, checkpoint_dir=tiny_demo_model, dataset=dataset, store=store, job_prefix="evaluations/a")
-    return Job(store, dataset, ScopedStore(store, "evaluations/a"), results, tiny_demo_model)
+        return run_on_digits(SPEC, tiny_demo_model, tmp_path_factory.mktemp("memorization"), "memorization")
 
 
 def read_csv(job: ScopedStore, key: str) -> list[dict[str, str]]:

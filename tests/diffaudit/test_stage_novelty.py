@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 from pydantic import ValidationError
+from stage_jobs import Job, run_on_digits
 
-from diffaudit.datasets import Dataset, write_builtin_dataset
 from diffaudit.metrics.novelty import majority, outside_knn_balls
 from diffaudit.pipeline import Cancelled, StageContext, run
 from diffaudit.spec import EvaluationSpec
 from diffaudit.stages import novelty as stage
-from diffaudit.store import LocalStore, ScopedStore, load_array, save_array
+from diffaudit.store import ScopedStore, load_array, save_array
 
 N = 48
 NOVELTY = {
@@ -41,30 +40,13 @@ SPEC = EvaluationSpec(
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@dataclass
-class Job:
-    store: LocalStore
-    dataset: Dataset
-    job: ScopedStore
-    results: dict[str, Any]
-    model: Path
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return self.results["stages"]["novelty"]
-
-
 def run_job(finished: Job, prefix: str, spec: EvaluationSpec = SPEC) -> dict[str, Any]:
     return run(spec, checkpoint_dir=finished.model, dataset=finished.dataset, store=finished.store, job_prefix=prefix)
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Job:
-    store = LocalStore(tmp_path_factory.mktemp("novelty"))
-    write_builtin_dataset("digits", store, "datasets/digits")
-    dataset = Dataset.open(store, "datasets/digits")
-    results = run(SPEC, checkpoint_dir=tiny_demo_model, dataset=dataset, store=store, job_prefix="evaluations/a")
-    return Job(store, dataset, ScopedStore(store, "evaluations/a"), results, tiny_demo_model)
+    return run_on_digits(SPEC, tiny_demo_model, tmp_path_factory.mktemp("novelty"), "novelty")
 
 
 def test_counts_in_the_summary_match_the_stored_arrays(finished: Job) -> None:
