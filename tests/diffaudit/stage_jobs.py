@@ -26,7 +26,7 @@ class Job:
     @property
     def summary(self) -> dict[str, Any]:
         """The summary of the stage under test."""
-        return self.results["stages"][self.stage]  # type: ignore[no-any-return]
+        return self.results["stages"][self.stage]
 
 
 def run_on_digits(spec: EvaluationSpec, model: Path, folder: Path, stage: str) -> Job:
