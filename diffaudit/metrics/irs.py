@@ -225,14 +225,16 @@ def irs_report(
     alpha_e: float = 0.05,
     train_labels: np.ndarray | None = None,
     gen_labels: np.ndarray | None = None,
+    gen_nn: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every IRS quantity from features: synthetic (and held-out real) retrieval in the training features.
 
     The adjusted score uses the first m = min(N_gen, N_test) queries of each set, so both estimates see the same
-    number of queries.
+    number of queries. `gen_nn`: the generated samples' nearest training indices when already retrieved.
     """
     n_train = len(train)
-    gen_nn = nearest_neighbours(gen, train, 1, metric).indices[:, 0]
+    if gen_nn is None:
+        gen_nn = nearest_neighbours(gen, train, 1, metric).indices[:, 0]
     report: dict[str, Any] = {"metric": metric, "alpha_e": alpha_e, "synthetic": irs_summary(gen_nn, n_train, alpha_e)}
     if test is not None:
         m = min(len(gen), len(test))

@@ -32,13 +32,7 @@ from diffaudit.features.extractors import Extractor
 from diffaudit.features.registry import create_extractor
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.metrics.early_rejection import Decision, make_rule
-from diffaudit.metrics.irs import (
-    irs_adjusted,
-    irs_per_class,
-    irs_summary,
-    k_min,
-    target_distinct,
-)
+from diffaudit.metrics.irs import irs_per_class, irs_report, k_min, target_distinct
 from diffaudit.metrics.occupancy import occupancy_mean
 from diffaudit.pipeline import Queue, Rejected, StageContext
 from diffaudit.retrieval.knn import nearest_neighbours
@@ -249,21 +243,6 @@ def early_rejection_monitor(ctx: StageContext) -> EarlyRejectionMonitor | None:
 # --- the stage ---------------------------------------------------------------------------------------
 
 
-def irs_quantities(
-    train: np.ndarray, gen_nn: np.ndarray, heldout: np.ndarray, metric: str, alpha_e: float
-) -> dict[str, Any]:
-    """Synthetic and held-out real IRS and IRS_inf,a (same number m of queries for both), as irs.irs_report."""
-    n_train = len(train)
-    report: dict[str, Any] = {"synthetic": irs_summary(gen_nn, n_train, alpha_e)}
-    m = min(len(gen_nn), len(heldout))
-    real_nn = nearest_neighbours(heldout[:m], train, 1, metric).indices[:, 0]
-    real = irs_summary(real_nn, n_train, alpha_e)
-    synthetic_m = report["synthetic"] if m == len(gen_nn) else irs_summary(gen_nn[:m], n_train, alpha_e)
-    report["real"] = real
-    report["adjusted"] = {"n_queries": m, "irs_inf_a": irs_adjusted(synthetic_m["s_hat"], real["s_hat"])}
-    return report
-
-
 def most_retrieved_grid(
     images: np.ndarray, train_items: np.ndarray, samples: np.ndarray, gen_nn: np.ndarray, rows: int
 ) -> tuple[bytes, list[dict[str, int]]]:
@@ -310,7 +289,7 @@ class IRSStage:
         ctx.report(0, 2)
         gen_nn = nearest_neighbours(generated, train, 1, spec.metric, device=ctx.device).indices[:, 0]
         save_array(ctx.job, NEAREST_KEY, gen_nn)
-        quantities = irs_quantities(train, gen_nn, heldout, spec.metric, spec.alpha_e)
+        quantities = irs_report(train, generated, heldout, spec.metric, spec.alpha_e, gen_nn=gen_nn)
         ctx.report(1, 2)
         rule = make_rule(verdict_rule_name(ctx.spec), len(train), len(gen_nn), spec.target, spec.alpha_e)
         decision = rule.update(gen_nn)
