@@ -164,3 +164,12 @@ def ensure_demo_model(name: str, cache_dir: Path, progress: bool = True, train_s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def trained_or_test_model(name: str, model_dir: Path, test_model_dir: Path, test_steps: int = 400) -> tuple[Path, str]:
+    """The demo model `name` if it is already trained in `model_dir`, else the test suite's shorter-trained one
+    (trained now if absent), with a note saying which: for scripts that must not train the full model."""
+    if (Path(model_dir) / demo_folder_name(name, None)).is_dir():
+        return ensure_demo_model(name, model_dir, progress=False), f"demo model {name} (full recipe)"
+    model = ensure_demo_model(name, test_model_dir, progress=False, train_steps=test_steps)
+    return model, f"test model {name} (demo recipe stopped after {test_steps} steps; demo model not trained yet)"

@@ -40,7 +40,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from diffaudit.checkpoints import Checkpoint, class_labels_for, load_checkpoint, make_scheduler, sample_batches
 from diffaudit.datasets.digits import load_digits16
-from diffaudit.demo import OVERFIT_IMAGES, demo_folder_name, ensure_demo_model
+from diffaudit.demo import OVERFIT_IMAGES, ensure_demo_model, trained_or_test_model
 from diffaudit.device import pick_device
 from diffaudit.imaging import image_grid
 from diffaudit.metrics.memorization import Extraction, extraction_test, nearest_neighbour_distances
@@ -49,7 +49,7 @@ from diffaudit.metrics.volume_growth import volume_growth_dataset
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "img"
 MODELS = ROOT / "var" / "models"
-TEST_MODEL = ROOT / "var" / "test-models" / demo_folder_name("digits", 400)
+TEST_MODELS = ROOT / "var" / "test-models"
 DEFAULT_GROWTH = {"n_axes": 1, "sigma": 0.05, "n_steps": 1}  # Hasegawa and Yasuda Fig. 3 / Figs. 7-8
 OTHER_SETTINGS = (
     {"n_axes": 1, "sigma": 0.01, "n_steps": 1},
@@ -110,13 +110,6 @@ def draw_samples(checkpoint: Checkpoint, n: int, steps: int, seed: int = 0) -> n
         device=pick_device(),
     )
     return np.concatenate([images for _, images in batches])
-
-
-def full_digits_model() -> tuple[Path, str]:
-    folder = MODELS / demo_folder_name("digits", None)
-    if folder.is_dir():
-        return folder, "the 'digits' demo model (all 1,797 digits, full recipe)"
-    return TEST_MODEL, "the test suite's 'digits' model (all 1,797 digits, recipe stopped at 400 steps)"
 
 
 def save_figure(figure: Figure, name: str) -> None:
@@ -222,7 +215,7 @@ def main() -> None:
     members = slice(0, OVERFIT_IMAGES)
     non_members = slice(OVERFIT_IMAGES, 2 * OVERFIT_IMAGES)
     overfit = load_checkpoint(ensure_demo_model("digits-overfit", MODELS), device)
-    full_folder, full_description = full_digits_model()
+    full_folder, full_description = trained_or_test_model("digits", MODELS, TEST_MODELS)
     full = load_checkpoint(full_folder, device)
     print(f"overfit model: {overfit.info.content_hash[:12]}; all-digits model: {full_description}")
 

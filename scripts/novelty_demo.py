@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from diffaudit.datasets import Dataset, write_builtin_dataset
-from diffaudit.demo import demo_folder_name, ensure_demo_model
+from diffaudit.demo import trained_or_test_model
 from diffaudit.device import configure_threads
 from diffaudit.pipeline import run
 from diffaudit.spec import EvaluationSpec
@@ -31,20 +31,13 @@ from diffaudit.store import LocalStore, ScopedStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "var" / "models"
-TEST_MODEL = ROOT / "var" / "test-models" / demo_folder_name("digits", 400)
+TEST_MODELS = ROOT / "var" / "test-models"
 IMAGES = ROOT / "docs" / "img"
 SOLVERS = [
     {"scheduler": "pndm", "steps": 20},
     {"scheduler": "dpmsolver++", "steps": 20},
     {"scheduler": "unipc", "steps": 20},
 ]
-
-
-def checkpoint_dir() -> tuple[Path, str]:
-    """The demo model if it is already trained, else the test suite's shorter-trained one."""
-    if (MODELS / demo_folder_name("digits", None)).is_dir():
-        return ensure_demo_model("digits", MODELS, progress=False), "demo model digits (1,500 training steps)"
-    return TEST_MODEL, "test model digits, 400 steps (demo recipe stopped after 400 steps; demo model not ready)"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -71,7 +64,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=ROOT / "var" / "novelty-demo")
     args = parser.parse_args()
     configure_threads(1)
-    model, model_note = checkpoint_dir()
+    model, model_note = trained_or_test_model("digits", MODELS, TEST_MODELS)
     store = LocalStore(args.store)
     if not store.exists("datasets/digits/meta.json"):
         write_builtin_dataset("digits", store, "datasets/digits")
