@@ -8,7 +8,8 @@ It rewrites the block between the acceptance markers of docs/guided.md and copie
 Networks and training features are cached in the store, so a rerun only redoes what changed.
 
 Threads, set deliberately: torch uses 1 thread (2 cores shared with other agents).
-Usage: .venv/bin/python scripts/guided_acceptance.py [--model PATH] [--n 256] [--steps 50] [--tau 1.0]
+Usage: .venv/bin/python scripts/guided_acceptance.py [--model PATH] [--n 256] [--scheduler ddim] [--steps 50]
+       [--tau 1.0] [--norm linf] [--block acceptance]
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from diffaudit.store import LocalStore
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "guided.md"
 IMAGES = ROOT / "docs" / "img"
-START, END = "<!-- acceptance:start -->", "<!-- acceptance:end -->"
 GRID_ALPHAS, GRID_BETAS, GRID_N = (0.0, 0.05, 0.2, 0.5), (0.0, 0.05, 0.2, 0.5), 8
 PRECISION_FLOOR = 0.8  # issue 5: guided precision >= 0.8 x baseline's
 
@@ -41,8 +41,11 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: the 'digits' demo model)")
     parser.add_argument("--store", type=Path, default=ROOT / "var" / "guided-acceptance")
     parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--scheduler", default="ddim")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    parser.add_argument("--block", default="acceptance", help="block of docs/guided.md to rewrite")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.5], help="first pair = the acceptance pair")
     parser.add_argument("--betas", type=float, nargs="+", default=[0.5])
     parser.add_argument("--classifier-steps", type=int, default=2000)
@@ -58,12 +61,17 @@ def main() -> None:
     dataset = Dataset.open(store, "datasets/digits")
     guided = {
         "n": args.n,
+        "scheduler": args.scheduler,
         "steps": args.steps,
         "tau": args.tau,
+        "norm": args.norm,
         "classifier_steps": args.classifier_steps,
         "discriminator_steps": args.discriminator_steps,
     }
-    tag = f"{model.name}-n{args.n}-s{args.steps}-tau{args.tau:g}-c{args.classifier_steps}-d{args.discriminator_steps}"
+    tag = (
+        f"{model.name}-n{args.n}-{args.scheduler}{args.steps}-tau{args.tau:g}-{args.norm}"
+        f"-c{args.classifier_steps}-d{args.discriminator_steps}"
+    )
 
     def job(name: str, spec: dict[str, Any]) -> dict[str, Any]:
         evaluation = EvaluationSpec.model_validate({"stages": ["guided"], "sample": {"n": 8, "steps": 10}, **spec})
@@ -84,14 +92,14 @@ def main() -> None:
     pairs = "_".join(f"a{a:g}b{b:g}" for a, b in zip(args.alphas, args.betas, strict=True))
     main_job = f"pairs-{tag}-{pairs}"
     summary = job(main_job, {"guided": {**guided, "alphas": args.alphas, "betas": args.betas}})
-    copy_image(store, main_job, "histograms.png", "guided_histograms.png")
-    copy_image(store, main_job, "memorization.png", "guided_memorization.png")
+    copy_image(store, main_job, "histograms.png", image_name(args.block, "histograms"))
+    copy_image(store, main_job, "memorization.png", image_name(args.block, "memorization"))
     if not args.no_grid:
         grid_job = f"grid-{tag}"
         grid = {**guided, "n": GRID_N, "alphas": GRID_ALPHAS, "betas": GRID_BETAS, "grid": True}
         job(grid_job, {"guided": grid})
-        copy_image(store, grid_job, "fig3.png", "guided_fig3.png")
-    write_doc(results_markdown(summary, model, args))
+        copy_image(store, grid_job, "fig3.png", image_name(args.block, "fig3"))
+    write_doc(args.block, results_markdown(summary, model, args))
     print(json.dumps(acceptance(summary), indent=2))
 
 
@@ -104,6 +112,11 @@ class ProgressPrinter:
         if percent != self.last:
             self.last = percent
             print(f"\r{self.job} {stage}: {percent}%", end="", file=sys.stderr, flush=True)
+
+
+def image_name(block: str, figure: str) -> str:
+    """docs/img file of a figure: guided_<figure>.png for the acceptance block, guided_<block>_<figure>.png else."""
+    return f"guided_{figure}.png" if block == "acceptance" else f"guided_{block}_{figure}.png"
 
 
 def copy_image(store: LocalStore, job: str, name: str, target: str) -> None:
@@ -166,7 +179,9 @@ def results_markdown(summary: dict[str, Any], model: Path, args: argparse.Namesp
     ]
     for key in guided_names:
         versus = sets[key]["versus_baseline"]
-        cells = " | ".join(f"{v['cohens_d']:.2f} ({v['welch_t_p']:.2g})" for v in versus.values())
+        cells = " | ".join(
+            f"{versus[m]['cohens_d']:.2f} ({versus[m]['welch_t_p']:.2g})" for m in ("hardness", "avg_knn", "lof")
+        )  # the header's order; result.json keeps its keys sorted
         ratio = sets[key]["precision_ratio"]
         lines.append(f"| {pretty(key)} | {cells} | {'n/a' if ratio is None else f'{ratio:.2f}'} |")
     lines += [
@@ -199,20 +214,21 @@ def results_markdown(summary: dict[str, Any], model: Path, args: argparse.Namesp
         "",
         f"Headline: {summary['headline']}",
         "",
-        "![histograms](img/guided_histograms.png)",
+        f"![histograms](img/{image_name(args.block, 'histograms')})",
         "",
-        "![closest pairs](img/guided_memorization.png)",
-        "",
-        "![Fig. 3 grid](img/guided_fig3.png)",
+        f"![closest pairs](img/{image_name(args.block, 'memorization')})",
+        *([] if args.no_grid else ["", f"![Fig. 3 grid](img/{image_name(args.block, 'fig3')})"]),
     ]
     return "\n".join(lines)
 
 
-def write_doc(block: str) -> None:
+def write_doc(name: str, block: str) -> None:
+    """Replace the text between <!-- name:start --> and <!-- name:end --> of docs/guided.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = DOC.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(f"{head}{start}\n{block}\n{end}{tail}")
 
 
 if __name__ == "__main__":
