@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Response, status
 from fastapi.responses import FileResponse
 
 from app.auth import CurrentProject
@@ -17,6 +17,7 @@ from app.evaluations.schemas import (
     EvaluationPage,
     EvaluationStatus,
 )
+from app.pagination import PageDep
 from app.queue import Enqueue, get_enqueue
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], responses=COMMON_RESPONSES)
@@ -57,24 +58,15 @@ def create_evaluation(
 def list_evaluations(
     project: CurrentProject,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: PageDep,
     status: EvaluationStatus | None = None,
     checkpoint_id: str | None = None,
     dataset_id: str | None = None,
 ) -> EvaluationPage:
     items, total = service.list_evaluations(
-        session,
-        project,
-        limit=limit,
-        offset=offset,
-        status=status,
-        checkpoint_id=checkpoint_id,
-        dataset_id=dataset_id,
+        session, project, page, status=status, checkpoint_id=checkpoint_id, dataset_id=dataset_id
     )
-    return EvaluationPage(
-        items=[EvaluationOut.model_validate(e) for e in items], total=total, limit=limit, offset=offset
-    )
+    return EvaluationPage.of(items, total, page)
 
 
 @router.get(

@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.pagination import Page
 from diffaudit.spec import EvaluationSpec
 
 EvaluationStatus = Literal["queued", "running", "succeeded", "rejected", "failed", "cancelled"]
@@ -94,11 +95,8 @@ class EvaluationOut(BaseModel):
     stages: list[StageOut]
 
 
-class EvaluationPage(BaseModel):
-    items: list[EvaluationOut]
-    total: int = Field(description="number of evaluations matching the filters")
-    limit: int
-    offset: int
+class EvaluationPage(Page[EvaluationOut]):
+    """One page of evaluations."""
 
 
 class ArtifactOut(BaseModel):

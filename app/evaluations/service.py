@@ -34,6 +34,7 @@ from app.models import (
     new_id,
     utcnow,
 )
+from app.pagination import PageParams, fetch_page
 from app.queue import RUN_EVALUATION, Enqueue
 from diffaudit.spec import EvaluationSpec
 from diffaudit.store import ArtifactStore
@@ -156,9 +157,8 @@ def get_evaluation(session: Session, project: Project, evaluation_id: str) -> Ev
 def list_evaluations(
     session: Session,
     project: Project,
+    page: PageParams,
     *,
-    limit: int,
-    offset: int,
     status: str | None = None,
     checkpoint_id: str | None = None,
     dataset_id: str | None = None,
@@ -171,15 +171,8 @@ def list_evaluations(
         conditions.append(Evaluation.checkpoint_id == checkpoint_id)
     if dataset_id is not None:
         conditions.append(Evaluation.dataset_id == dataset_id)
-    total = session.scalar(select(func.count()).select_from(Evaluation).where(*conditions)) or 0
-    query = (
-        select(Evaluation)
-        .where(*conditions)
-        .order_by(Evaluation.created_at.desc(), Evaluation.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return list(session.scalars(query)), total
+    query = select(Evaluation).where(*conditions).order_by(Evaluation.created_at.desc(), Evaluation.id.desc())
+    return fetch_page(session, query, page)
 
 
 def cancel_evaluation(session: Session, project: Project, evaluation_id: str) -> Evaluation:
