@@ -50,7 +50,7 @@ class Page(BaseModel, Generic[ItemT]):
         )
 
 
-def fetch_page(session: Session, query: Select[tuple[RowT]], params: PageParams) -> tuple[list[RowT], int]:
+def fetch_page(session: Session, query: Select[RowT], params: PageParams) -> tuple[list[RowT], int]:
     """One page of an ordered query, and how many rows the query matches in all."""
     count = query.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
     total = session.scalar(count) or 0
