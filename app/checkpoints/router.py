@@ -8,9 +8,10 @@ from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from app.auth import CurrentProject
 from app.checkpoints import service
-from app.checkpoints.schemas import CheckpointList, CheckpointOut
+from app.checkpoints.schemas import CheckpointOut, CheckpointPage
 from app.dependencies import SessionDep, SettingsDep, StoreDep
 from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, BadRequest, ErrorResponse
+from app.pagination import PageDep
 from app.uploads import spool_upload
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=COMMON_RESPONSES)
@@ -62,10 +63,15 @@ def create_checkpoint(
     return CheckpointOut.model_validate(checkpoint)
 
 
-@router.get("", summary="List this project's checkpoints", response_model=CheckpointList)
-def list_checkpoints(project: CurrentProject, session: SessionDep) -> CheckpointList:
-    items = service.list_checkpoints(session, project)
-    return CheckpointList(items=[CheckpointOut.model_validate(c) for c in items])
+@router.get(
+    "",
+    summary="List this project's checkpoints, newest first",
+    description="Paginated with `limit` (1-200, default 50) and `offset`; ordered newest first, then by id.",
+    response_model=CheckpointPage,
+)
+def list_checkpoints(project: CurrentProject, session: SessionDep, page: PageDep) -> CheckpointPage:
+    items, total = service.list_checkpoints(session, project, page)
+    return CheckpointPage.of(items, total, page)
 
 
 @router.get("/{checkpoint_id}", summary="One checkpoint", response_model=CheckpointOut, responses=NOT_FOUND_RESPONSE)

@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.pagination import Page
+
 
 class CheckpointOut(BaseModel):
     """A validated checkpoint."""
@@ -45,5 +47,5 @@ class CheckpointOut(BaseModel):
     created_at: datetime
 
 
-class CheckpointList(BaseModel):
-    items: list[CheckpointOut]
+class CheckpointPage(Page[CheckpointOut]):
+    """One page of checkpoints."""

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import BadRequest, Forbidden, NotFound
 from app.models import Checkpoint, Project, new_id
+from app.pagination import PageParams, fetch_page
 from app.settings import Settings
 from diffaudit.archive import ArchiveLimits, safe_extract_zip
 from diffaudit.checkpoints import CheckpointInfo, validate_checkpoint_dir
@@ -42,9 +43,14 @@ def get_checkpoint(session: Session, project: Project, checkpoint_id: str) -> Ch
     return checkpoint
 
 
-def list_checkpoints(session: Session, project: Project) -> list[Checkpoint]:
-    query = select(Checkpoint).where(Checkpoint.project_id == project.id).order_by(Checkpoint.created_at.desc())
-    return list(session.scalars(query))
+def list_checkpoints(session: Session, project: Project, page: PageParams) -> tuple[list[Checkpoint], int]:
+    """One page of the project's checkpoints, newest first, and how many there are in all."""
+    query = (
+        select(Checkpoint)
+        .where(Checkpoint.project_id == project.id)
+        .order_by(Checkpoint.created_at.desc(), Checkpoint.id.desc())
+    )
+    return fetch_page(session, query, page)
 
 
 def _existing(session: Session, project: Project, content_hash: str) -> Checkpoint | None:

@@ -8,9 +8,10 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 
 from app.auth import CurrentProject
 from app.datasets import service
-from app.datasets.schemas import DatasetList, DatasetOut
+from app.datasets.schemas import DatasetOut, DatasetPage
 from app.dependencies import SessionDep, SettingsDep, StoreDep
 from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
+from app.pagination import PageDep
 from app.uploads import spool_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=COMMON_RESPONSES)
@@ -50,9 +51,19 @@ def create_dataset(
     return DatasetOut.model_validate(dataset)
 
 
-@router.get("", summary="List this project's datasets and the built-ins", response_model=DatasetList)
-def list_datasets(project: CurrentProject, session: SessionDep) -> DatasetList:
-    return DatasetList(items=[DatasetOut.model_validate(d) for d in service.list_datasets(session, project)])
+@router.get(
+    "",
+    summary="List the built-in datasets and this project's datasets",
+    description=(
+        "Paginated with `limit` (1-200, default 50) and `offset`. The built-ins (`builtin: true`, such as "
+        "`digits`) are listed first and counted in `total`, like the project's own datasets; within each "
+        "group the newest come first, then by id."
+    ),
+    response_model=DatasetPage,
+)
+def list_datasets(project: CurrentProject, session: SessionDep, page: PageDep) -> DatasetPage:
+    items, total = service.list_datasets(session, project, page)
+    return DatasetPage.of(items, total, page)
 
 
 @router.get("/{dataset_id}", summary="One dataset", response_model=DatasetOut, responses=NOT_FOUND_RESPONSE)

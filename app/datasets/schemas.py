@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.pagination import Page
+
 
 class DatasetOut(BaseModel):
     """A validated, stored dataset."""
@@ -43,5 +45,5 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
-class DatasetList(BaseModel):
-    items: list[DatasetOut]
+class DatasetPage(Page[DatasetOut]):
+    """One page of datasets (the built-ins first)."""

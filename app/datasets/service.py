@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.checkpoints.service import archive_limits
 from app.errors import NotFound
 from app.models import Dataset, Project, new_id
+from app.pagination import PageParams, fetch_page
 from app.settings import Settings
 from diffaudit.datasets import (
     BUILTIN_DATASETS,
@@ -45,9 +46,18 @@ def get_dataset(session: Session, project: Project, dataset_id: str) -> Dataset:
     return dataset
 
 
-def list_datasets(session: Session, project: Project) -> list[Dataset]:
-    query = select(Dataset).where(_visible(project)).order_by(Dataset.project_id.is_(None).desc(), Dataset.created_at)
-    return list(session.scalars(query))
+def list_datasets(session: Session, project: Project, page: PageParams) -> tuple[list[Dataset], int]:
+    """One page of the built-ins and the project's datasets, and how many there are in all.
+
+    Built-ins are ordinary rows without a project: they come first and count in the total;
+    within each group the newest come first, then by id.
+    """
+    query = (
+        select(Dataset)
+        .where(_visible(project))
+        .order_by(Dataset.project_id.is_(None).desc(), Dataset.created_at.desc(), Dataset.id.desc())
+    )
+    return fetch_page(session, query, page)
 
 
 def _row(dataset_id: str, project_id: str | None, name: str, info: DatasetInfo) -> Dataset:

@@ -54,7 +54,15 @@ def create_evaluation(
     return EvaluationOut.model_validate(evaluation)
 
 
-@router.get("", summary="List this project's evaluations, newest first", response_model=EvaluationPage)
+@router.get(
+    "",
+    summary="List this project's evaluations, newest first",
+    description=(
+        "Paginated with `limit` (1-200, default 50) and `offset`; ordered newest first, then by id. "
+        "`total` counts the evaluations matching the filters."
+    ),
+    response_model=EvaluationPage,
+)
 def list_evaluations(
     project: CurrentProject,
     session: SessionDep,

@@ -92,3 +92,36 @@ class TinyCheckpoint:
 
 def upload_checkpoint(client: TestClient, headers: dict[str, str], data: bytes, name: str = "model.zip") -> Any:
     return client.post("/v1/checkpoints", headers=headers, files={"file": (name, data, "application/zip")})
+
+
+# --- list endpoints -----------------------------------------------------------------------
+
+BAD_PAGE_PARAMS = [{"limit": 0}, {"limit": 201}, {"offset": -1}, {"limit": "many"}]
+
+
+def project_id(client: TestClient, headers: dict[str, str]) -> str:
+    return str(client.get("/v1/tokens/current", headers=headers).json()["project_id"])
+
+
+def get_page(client: TestClient, path: str, headers: dict[str, str], **params: Any) -> dict[str, Any]:
+    response = client.get(path, headers=headers, params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"items", "total", "limit", "offset"}
+    return body
+
+
+def page_ids(client: TestClient, path: str, headers: dict[str, str], limit: int) -> list[str]:
+    """The ids of every item, fetched `limit` at a time; each page reports the same total."""
+    ids: list[str] = []
+    totals: set[int] = set()
+    while True:
+        page = get_page(client, path, headers, limit=limit, offset=len(ids))
+        assert (page["limit"], page["offset"]) == (limit, len(ids))
+        assert len(page["items"]) <= limit
+        totals.add(page["total"])
+        if not page["items"]:
+            break
+        ids += [item["id"] for item in page["items"]]
+    assert totals == {len(ids)}
+    return ids

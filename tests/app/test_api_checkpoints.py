@@ -8,18 +8,28 @@ import shutil
 import stat
 import zipfile
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
-from app_helpers import TEST_LIMITS, TinyCheckpoint, upload_checkpoint, zip_folder
+from app_helpers import (
+    BAD_PAGE_PARAMS,
+    TEST_LIMITS,
+    TinyCheckpoint,
+    get_page,
+    page_ids,
+    project_id,
+    upload_checkpoint,
+    zip_folder,
+)
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.checkpoints.service import checkpoint_dir
-from app.models import Checkpoint
+from app.models import Checkpoint, new_id
 from diffaudit.checkpoints import validate_checkpoint_dir
 from diffaudit.store import LocalStore
 
@@ -265,3 +275,51 @@ def test_workers_get_a_local_folder_of_the_stored_checkpoint(
     folder = checkpoint_dir(store, row)
     assert folder == store.root / "checkpoints" / body["id"]
     assert validate_checkpoint_dir(folder).content_hash == body["content_hash"]
+
+
+def add_checkpoint_row(session: Session, project: str, created_at: datetime) -> str:
+    """A checkpoint row (no files) made at a chosen time, for listing tests."""
+    row = Checkpoint(
+        id=new_id("ck"),
+        project_id=project,
+        name="listed",
+        content_hash=new_id("hash"),
+        num_parameters=1,
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        num_class_embeds=None,
+        source_path=None,
+        info={},
+        created_at=created_at,
+    )
+    session.add(row)
+    session.commit()
+    return row.id
+
+
+def test_list_is_paginated_newest_first_then_by_id(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], session: Session
+) -> None:
+    mine, theirs = project_id(client, auth), project_id(client, other_auth)
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    times = [start, start + timedelta(hours=1), start + timedelta(hours=1), start + timedelta(hours=1), start]
+    rows = [(t, add_checkpoint_row(session, mine, t)) for t in times]
+    foreign = add_checkpoint_row(session, theirs, start + timedelta(hours=2))  # newest of all, other project
+    newest_first = [ck for _, ck in sorted(rows, reverse=True)]
+
+    assert page_ids(client, "/v1/checkpoints", auth, limit=2) == newest_first
+    assert page_ids(client, "/v1/checkpoints", auth, limit=200) == newest_first
+    first = get_page(client, "/v1/checkpoints", auth)
+    assert (first["total"], first["limit"], first["offset"]) == (5, 50, 0)
+    assert [c["id"] for c in first["items"]] == newest_first
+    assert [c["id"] for c in get_page(client, "/v1/checkpoints", auth, limit=3, offset=1)["items"]] == newest_first[1:4]
+    beyond = get_page(client, "/v1/checkpoints", auth, offset=99)
+    assert (beyond["items"], beyond["total"]) == ([], 5)
+    assert page_ids(client, "/v1/checkpoints", other_auth, limit=1) == [foreign]
+
+
+@pytest.mark.parametrize("params", BAD_PAGE_PARAMS)
+def test_list_refuses_bad_page_parameters(client: TestClient, auth: dict[str, str], params: dict[str, object]) -> None:
+    response = client.get("/v1/checkpoints", headers=auth, params=params)
+    assert response.status_code == 422, response.text

@@ -5,17 +5,18 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
-from app_helpers import TEST_LIMITS
+from app_helpers import BAD_PAGE_PARAMS, TEST_LIMITS, get_page, page_ids, project_id
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import Dataset
+from app.models import Dataset, new_id
 from diffaudit.store import LocalStore, load_array
 
 
@@ -94,6 +95,55 @@ def test_builtins_are_written_once(
 ) -> None:
     make_client()  # a second app starting on the same database and store
     assert session.scalar(select(func.count()).select_from(Dataset).where(Dataset.id == "digits")) == 1
+
+
+def add_dataset_row(session: Session, project: str, created_at: datetime) -> str:
+    """A dataset row (no files) made at a chosen time, for listing tests."""
+    row = Dataset(
+        id=new_id("ds"),
+        project_id=project,
+        name="listed",
+        kind="features",
+        count=1,
+        item_shape=[2],
+        content_hash=new_id("hash"),
+        class_names=None,
+        class_counts=None,
+        heldout_count=0,
+        info={},
+        created_at=created_at,
+    )
+    session.add(row)
+    session.commit()
+    return row.id
+
+
+def test_list_is_paginated_builtins_first_then_newest_first(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], session: Session
+) -> None:
+    mine, theirs = project_id(client, auth), project_id(client, other_auth)
+    old = datetime(2000, 1, 1, tzinfo=UTC)  # older than the built-ins: still listed after them
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    times = [old, later, later + timedelta(hours=1), later + timedelta(hours=1), later]
+    rows = [(t, add_dataset_row(session, mine, t)) for t in times]
+    foreign = add_dataset_row(session, theirs, later + timedelta(hours=2))
+    expected = ["digits", *(ds for _, ds in sorted(rows, reverse=True))]
+
+    assert page_ids(client, "/v1/datasets", auth, limit=2) == expected
+    assert page_ids(client, "/v1/datasets", auth, limit=200) == expected
+    first = get_page(client, "/v1/datasets", auth)
+    assert (first["total"], first["limit"], first["offset"]) == (6, 50, 0)
+    assert [d["builtin"] for d in first["items"]] == [True] + [False] * 5
+    assert [d["id"] for d in get_page(client, "/v1/datasets", auth, limit=2, offset=1)["items"]] == expected[1:3]
+    beyond = get_page(client, "/v1/datasets", auth, offset=6)
+    assert (beyond["items"], beyond["total"]) == ([], 6)
+    assert page_ids(client, "/v1/datasets", other_auth, limit=1) == ["digits", foreign]
+
+
+@pytest.mark.parametrize("params", BAD_PAGE_PARAMS)
+def test_list_refuses_bad_page_parameters(client: TestClient, auth: dict[str, str], params: dict[str, object]) -> None:
+    response = client.get("/v1/datasets", headers=auth, params=params)
+    assert response.status_code == 422, response.text
 
 
 def _truncated() -> bytes:
