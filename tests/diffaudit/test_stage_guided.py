@@ -139,3 +139,30 @@ def test_pairs_need_as_many_alphas_as_betas() -> None:
     with pytest.raises(ValueError, match="same length"):
         tiny_spec(alphas=[0.1, 0.2], betas=[0.5])
     assert len(tiny_spec(alphas=[0.1, 0.2], betas=[0.5], grid=True).guided.alphas) == 2
+
+
+def test_unconditional_checkpoint_is_guided_by_the_unlabelled_hardness(
+    make_tiny_checkpoint: Any, tmp_path: Path
+) -> None:
+    """No labels: no classifier; the discriminator's embedding carries L_g1 with one Gaussian (issue: unlabelled)."""
+    from sklearn.datasets import load_digits
+
+    store = LocalStore(tmp_path / "store")
+    images = (load_digits().images * (255 / 16)).round().astype(np.uint8)[:300, :, :, None]  # 8x8 grey, no labels
+    np.savez(tmp_path / "unlabelled.npz", images=images)
+    ingest_dataset(tmp_path / "unlabelled.npz", store, "datasets/unlabelled", IngestLimits(), heldout_fraction=0.2)
+    unlabelled = Dataset.open(store, "datasets/unlabelled")
+    checkpoint = make_tiny_checkpoint(tmp_path / "unconditional")  # 8x8 grey, no class embeddings
+
+    spec = tiny_spec(alphas=[0.0, 2.0], betas=[0.0, 0.0])
+    summary = run_job(spec, checkpoint, store, unlabelled)["stages"]["guided"]
+
+    assert summary["class_guided"] is False
+    assert summary["classifier"]["source"].startswith("none")
+    assert not store.exists("jobs/a/guided/labels.npy")
+    baseline = load_array(store, "jobs/a/guided/baseline/images.npy", mmap=False)
+    np.testing.assert_array_equal(load_array(store, "jobs/a/guided/alpha0_beta0/images.npy", mmap=False), baseline)
+    guided = load_array(store, "jobs/a/guided/alpha2_beta0/images.npy", mmap=False)
+    assert not np.array_equal(guided, baseline)  # alpha alone moved the samples: L_g1 came from the discriminator
+    assert set(summary["sets"]) == {"real", "baseline", "alpha0_beta0", "alpha2_beta0"}
+    assert np.isfinite(summary["sets"]["alpha2_beta0"]["hardness"]["mean"])
