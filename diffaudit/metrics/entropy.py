@@ -87,9 +87,7 @@ def wang_kulkarni_verdu_kl(p_samples: np.ndarray, q_samples: np.ndarray, k: int 
     return float(d * np.mean(np.log(nu / rho)) + np.log(m / (n - 1)))
 
 
-def equal_size_kl(
-    p_samples: np.ndarray, q_samples: np.ndarray, k: int = 3, n_draws: int = 5, seed: int = 0
-) -> float:
+def equal_size_kl(p_samples: np.ndarray, q_samples: np.ndarray, k: int = 3, n_draws: int = 5, seed: int = 0) -> float:
     """Wang-Kulkarni-Verdu D_KL(P || Q) with the larger sample subsampled to the smaller's size, mean over draws."""
     size = min(len(p_samples), len(q_samples))
     if len(p_samples) == len(q_samples):
@@ -129,9 +127,9 @@ def information_estimates(
     """H(X), H(Y), D_KL(P_X || P_Y) (paper Eq. 4) and D_KL(P_Y || P_X), each with its half-sample spread.
 
     Estimated on the PCA projection (fitted on the training features) after removing exact
-    duplicate rows; the KL divergences on equal sample sizes (`equal_size_kl`). D_KL(P_Y || P_X) is the direction that grows with generated mass where
-    P_X ~ 0 (the paper's Eq. 17, diverse samples); Eq. 4's direction grows with training
-    regions the model misses.
+    duplicate rows; the KL divergences on equal sample sizes (`equal_size_kl`). D_KL(P_Y || P_X)
+    is the direction that grows with generated mass where P_X ~ 0 (the paper's Eq. 17, diverse
+    samples); Eq. 4's direction grows with training regions the model misses.
     """
     mean, components = pca_basis(train_features, n_components)
     x = np.unique((np.asarray(train_features, dtype=np.float64) - mean) @ components.T, axis=0)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from diffaudit.metrics.entropy import (
+    equal_size_kl,
     half_sample_spread,
     information_estimates,
     kozachenko_leonenko_entropy,
     pca_basis,
     unit_ball_log_volume,
-    equal_size_kl,
     wang_kulkarni_verdu_kl,
 )
 
@@ -72,7 +72,7 @@ def mixture(rng: np.random.Generator, n: int) -> np.ndarray:
 
 @pytest.mark.parametrize(("n", "m"), [(256, 1438), (1438, 256)])
 def test_equal_size_kl_removes_the_bias_of_unequal_sample_sizes(n: int, m: int) -> None:
-    """D(P || P) = 0: Eq. 5 on 256 vs 1,438 points is off by about 0.45 nats (sign by direction), equal sizes are not."""
+    """D(P || P) = 0: Eq. 5 on 256 vs 1,438 points is off by about 0.45 nats (either sign); equal sizes are not."""
     rng = np.random.default_rng(7)
     pairs = [(mixture(rng, n), mixture(rng, m)) for _ in range(4)]
     plain = np.mean([wang_kulkarni_verdu_kl(p, q) for p, q in pairs])
