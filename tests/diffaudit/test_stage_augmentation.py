@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from stage_jobs import JOB_PREFIX, run_on_digits
 
 import diffaudit.stages.augmentation as augmentation
 from diffaudit.datasets import Dataset, write_builtin_dataset
@@ -19,7 +20,7 @@ from diffaudit.stages.augmentation import AugmentationStage
 from diffaudit.store import LocalStore, ScopedStore, load_array, load_json, save_array, save_json
 
 N_SAMPLES = 64
-JOB = "evaluations/t"
+JOB = JOB_PREFIX
 
 
 def stand_in_outside(n: int) -> np.ndarray:
@@ -31,17 +32,8 @@ def stand_in_outside(n: int) -> np.ndarray:
 def sampled(tmp_path_factory: pytest.TempPathFactory, tiny_demo_model: Path) -> Path:
     """A store with digits and a job of 64 samples (10 DDIM steps) with the stand-in DS flags."""
     root = tmp_path_factory.mktemp("sampled")
-    store = LocalStore(root)
-    write_builtin_dataset("digits", store, "datasets/digits")
     spec = EvaluationSpec(stages=("sample",), sample={"n": N_SAMPLES, "steps": 10})
-    run(
-        spec,
-        checkpoint_dir=tiny_demo_model,
-        dataset=Dataset.open(store, "datasets/digits"),
-        store=store,
-        job_prefix=JOB,
-    )
-    job = ScopedStore(store, JOB)
+    job = run_on_digits(spec, tiny_demo_model, root, "sample").job
     save_array(job, augmentation.DS_KEY, stand_in_outside(N_SAMPLES))
     save_json(job, "novelty/result.json", {"stand_in": True})
     return root

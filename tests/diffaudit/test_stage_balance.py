@@ -7,32 +7,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stage_jobs import JOB_PREFIX, run_on_digits
 
 import diffaudit.stages.balance as balance
-from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset, write_builtin_dataset
+from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset
 from diffaudit.metrics.balance import class_balance
-from diffaudit.pipeline import StageContext, run
+from diffaudit.pipeline import StageContext
 from diffaudit.spec import EvaluationSpec
 from diffaudit.stages.balance import BalanceStage
 from diffaudit.store import LocalStore, ScopedStore, load_array
 
 N_SAMPLES = 64
-JOB = "evaluations/t"
+JOB = JOB_PREFIX
 
 
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory: pytest.TempPathFactory, tiny_demo_model: Path) -> LocalStore:
-    store = LocalStore(tmp_path_factory.mktemp("balance"))
-    write_builtin_dataset("digits", store, "datasets/digits")
     spec = EvaluationSpec(stages=("sample",), sample={"n": N_SAMPLES, "steps": 10})
-    run(
-        spec,
-        checkpoint_dir=tiny_demo_model,
-        dataset=Dataset.open(store, "datasets/digits"),
-        store=store,
-        job_prefix=JOB,
-    )
-    return store
+    return run_on_digits(spec, tiny_demo_model, tmp_path_factory.mktemp("balance"), "sample").store
 
 
 def context(store: LocalStore, dataset: Dataset, job: str = JOB, **balance_spec: object) -> StageContext:
