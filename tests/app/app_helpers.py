@@ -99,6 +99,15 @@ def upload_checkpoint(client: TestClient, headers: dict[str, str], data: bytes, 
 BAD_PAGE_PARAMS = [{"limit": 0}, {"limit": 201}, {"offset": -1}, {"limit": "many"}]
 
 
+def assert_bad_page_refused(response: Any, params: dict[str, object]) -> None:
+    """A 422 in the project's error shape whose message names the query parameter to fix."""
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    (name,) = params
+    assert error["code"] == "validation_error"
+    assert f"query.{name}" in error["message"], error["message"]
+
+
 def project_id(client: TestClient, headers: dict[str, str]) -> str:
     return str(client.get("/v1/tokens/current", headers=headers).json()["project_id"])
 

@@ -17,6 +17,7 @@ from app_helpers import (
     BAD_PAGE_PARAMS,
     TEST_LIMITS,
     TinyCheckpoint,
+    assert_bad_page_refused,
     get_page,
     page_ids,
     project_id,
@@ -321,5 +322,4 @@ def test_list_is_paginated_newest_first_then_by_id(
 
 @pytest.mark.parametrize("params", BAD_PAGE_PARAMS)
 def test_list_refuses_bad_page_parameters(client: TestClient, auth: dict[str, str], params: dict[str, object]) -> None:
-    response = client.get("/v1/checkpoints", headers=auth, params=params)
-    assert response.status_code == 422, response.text
+    assert_bad_page_refused(client.get("/v1/checkpoints", headers=auth, params=params), params)

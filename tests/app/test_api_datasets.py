@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from app_helpers import BAD_PAGE_PARAMS, TEST_LIMITS, get_page, page_ids, project_id
+from app_helpers import BAD_PAGE_PARAMS, TEST_LIMITS, assert_bad_page_refused, get_page, page_ids, project_id
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
@@ -142,8 +142,7 @@ def test_list_is_paginated_builtins_first_then_newest_first(
 
 @pytest.mark.parametrize("params", BAD_PAGE_PARAMS)
 def test_list_refuses_bad_page_parameters(client: TestClient, auth: dict[str, str], params: dict[str, object]) -> None:
-    response = client.get("/v1/datasets", headers=auth, params=params)
-    assert response.status_code == 422, response.text
+    assert_bad_page_refused(client.get("/v1/datasets", headers=auth, params=params), params)
 
 
 def _truncated() -> bytes:

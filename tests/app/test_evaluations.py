@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from app_helpers import BAD_PAGE_PARAMS, EnqueueRecorder, TinyCheckpoint, upload_checkpoint
+from app_helpers import BAD_PAGE_PARAMS, EnqueueRecorder, TinyCheckpoint, assert_bad_page_refused, upload_checkpoint
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -148,7 +148,7 @@ def test_pagination_and_filters(
     assert page(status="queued")["total"] == 5
     assert client.get("/v1/evaluations", headers=auth, params={"status": "bogus"}).status_code == 422
     for params in BAD_PAGE_PARAMS:
-        assert client.get("/v1/evaluations", headers=auth, params=params).status_code == 422, params
+        assert_bad_page_refused(client.get("/v1/evaluations", headers=auth, params=params), params)
 
 
 def test_cancel(client: TestClient, auth: dict[str, str], checkpoint_id: str, session: Session) -> None:
