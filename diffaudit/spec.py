@@ -149,11 +149,12 @@ class NoveltySpec(_Frozen):
     """The `novelty` stage: diverse samples (paper 000, Sec. 3.5, Algorithms 1-2) and the solver comparison."""
 
     mode: Literal["fixed", "joint"] = Field(
-        "joint",
-        description="joint: t-SNE of training and generated features together (the authors' method), per job; "
-        "fixed: one t-SNE of the training features per dataset (cached, same boundary for every checkpoint), "
-        "generated points placed into it one by one: much faster, but a new cluster of generated samples does "
-        "not form its own island and is missed far more often (see docs/novelty.md)",
+        "fixed",
+        description="fixed: one t-SNE of the training features per dataset (cached, same boundary for every "
+        "checkpoint), generated points placed into it one by one: fast and comparable across checkpoints, but a "
+        "new cluster of generated samples does not form its own island and is often missed (read knn_support "
+        "beside it); joint: t-SNE of training and generated features together (the authors' method), per job, "
+        "which finds such clusters (see docs/novelty.md)",
     )
     seeds: int = Field(3, ge=1, le=10, description="t-SNE seeds 0..seeds-1; a sample is DS when most seeds say so")
     perplexity: float = Field(30.0, ge=2, le=100, description="t-SNE perplexity")

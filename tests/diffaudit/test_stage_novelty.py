@@ -188,7 +188,7 @@ def test_cancelled_between_rows(finished: Job) -> None:
 
 
 def test_bad_requests_are_refused_by_the_spec() -> None:
-    assert EvaluationSpec().novelty.mode == "joint"  # the authors' method is the default
+    assert EvaluationSpec().novelty.mode == "fixed"  # the issue's default: one cached boundary per dataset
     with pytest.raises(ValidationError):
         EvaluationSpec(novelty={"mode": "umap"})
     with pytest.raises(ValidationError):
