@@ -1,7 +1,7 @@
 """Issue 4, the `novelty` stage on `digits`: the paper's Table 1 / Table 3 layout for one checkpoint, and figures.
 
 Runs the pipeline up to `novelty` twice on the built-in digits with the same samples: in `joint` mode
-(the authors' method, the default) and in `fixed` mode (cached training embedding), each with extra
+(the authors' method) and in `fixed` mode (the default: cached training embedding), each with extra
 solvers and a second extractor. Prints both tables as markdown (for docs/novelty.md) and writes
 docs/img/novelty_tsne.png (t-SNE scatter), docs/img/novelty_fig1.png (the paper's Fig. 1) and
 docs/img/novelty_table.json.
