@@ -103,10 +103,16 @@ class GuidedSpec(_Frozen):
         False, description="every alpha with every beta (Fig. 3 grid image); otherwise the pairs alphas[i], betas[i]"
     )
     tau: float = Field(1.0, gt=0, le=1000, description="temperature of the guiding losses (Eqs. 4 and 6)")
-    norm: Literal["linf", "l2"] = Field("linf", description="per-sample gradient normalisation (App. A.4: linf)")
+    norm: Literal["linf", "l2"] = Field(
+        "l2",
+        description="per-sample gradient normalisation: l2 (Algorithm 1's u / ||u||; meets the fidelity target on "
+        "small images) or linf (App. A.4's unit l-infinity; about five times stronger per pixel, see docs/guided.md)",
+    )
     n: int = Field(256, ge=2, le=1_000_000, description="baseline samples, and guided samples per (alpha, beta) pair")
-    scheduler: SchedulerName = Field("ddim", description="sampler of baseline, guided and discriminator samples")
-    steps: int = Field(50, ge=2, le=1000, description="number of denoising steps")
+    scheduler: SchedulerName = Field(
+        "ddpm", description="sampler of baseline, guided and discriminator samples (the paper's: DDPM, Eq. 7)"
+    )
+    steps: int = Field(250, ge=2, le=1000, description="number of denoising steps (the paper samples with 250)")
     seed: int = Field(0, ge=0, description="sample i uses seed + i in every set; also seeds the networks' training")
     batch_size: int = Field(64, ge=1, le=4096)
     classifier_steps: int = Field(2000, ge=1, le=1_000_000, description="training steps of the guidance classifier")

@@ -8,8 +8,9 @@ It rewrites the block between the acceptance markers of docs/guided.md and copie
 Networks and training features are cached in the store, so a rerun only redoes what changed.
 
 Threads, set deliberately: torch uses 1 thread (2 cores shared with other agents).
-Usage: .venv/bin/python scripts/guided_acceptance.py [--model PATH] [--n 256] [--scheduler ddim] [--steps 50]
-       [--tau 1.0] [--norm linf] [--block acceptance]
+Every option defaults to the stage's own default (GuidedSpec), so a plain run is the acceptance.
+Usage: .venv/bin/python scripts/guided_acceptance.py [--model PATH] [--n 256] [--scheduler ddpm] [--steps 250]
+       [--tau 1.0] [--norm l2] [--block acceptance]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from diffaudit.datasets import Dataset, write_builtin_dataset
 from diffaudit.demo import ensure_demo_model
 from diffaudit.pipeline import run
-from diffaudit.spec import EvaluationSpec
+from diffaudit.spec import EvaluationSpec, GuidedSpec
 from diffaudit.store import LocalStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,19 +38,22 @@ PRECISION_FLOOR = 0.8  # issue 5: guided precision >= 0.8 x baseline's
 
 
 def main() -> None:
+    defaults = GuidedSpec()  # the stage's defaults, so a plain run measures what a job gets
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: the 'digits' demo model)")
     parser.add_argument("--store", type=Path, default=ROOT / "var" / "guided-acceptance")
-    parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--scheduler", default="ddim")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--tau", type=float, default=1.0)
-    parser.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    parser.add_argument("--n", type=int, default=defaults.n)
+    parser.add_argument("--scheduler", default=defaults.scheduler)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--tau", type=float, default=defaults.tau)
+    parser.add_argument("--norm", choices=["linf", "l2"], default=defaults.norm)
     parser.add_argument("--block", default="acceptance", help="block of docs/guided.md to rewrite")
-    parser.add_argument("--alphas", type=float, nargs="+", default=[0.5], help="first pair = the acceptance pair")
-    parser.add_argument("--betas", type=float, nargs="+", default=[0.5])
-    parser.add_argument("--classifier-steps", type=int, default=2000)
-    parser.add_argument("--discriminator-steps", type=int, default=2000)
+    parser.add_argument(
+        "--alphas", type=float, nargs="+", default=list(defaults.alphas), help="first pair = the acceptance pair"
+    )
+    parser.add_argument("--betas", type=float, nargs="+", default=list(defaults.betas))
+    parser.add_argument("--classifier-steps", type=int, default=defaults.classifier_steps)
+    parser.add_argument("--discriminator-steps", type=int, default=defaults.discriminator_steps)
     parser.add_argument("--no-grid", action="store_true", help="skip the Fig. 3 grid job")
     args = parser.parse_args()
     torch.set_num_threads(1)
