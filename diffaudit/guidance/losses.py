@@ -41,8 +41,8 @@ def discriminator_guidance_loss(hardness: torch.Tensor, tau: float = 1.0) -> tor
     return -torch.log_softmax(hardness / tau, dim=1)[:, REAL]
 
 
-def normalize_gradient(gradient: torch.Tensor, norm: GradientNorm = "linf", eps: float = 1e-12) -> torch.Tensor:
-    """Each sample's gradient divided by its l-infinity (default, Sehwag et al. App. A.4) or l2 norm.
+def normalize_gradient(gradient: torch.Tensor, norm: GradientNorm, eps: float = 1e-12) -> torch.Tensor:
+    """Each sample's gradient divided by its l2 (Sehwag et al. Algorithm 1, u / ||u||) or l-infinity (App. A.4) norm.
 
     A sample whose gradient is exactly zero keeps a zero gradient.
     """

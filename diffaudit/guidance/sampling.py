@@ -5,7 +5,8 @@ At every step but the last, the guidance direction
     u(x_t) = alpha * Normalize(grad L_g1(x_t, y)) + beta * Normalize(grad L_g2(x_t))
 
 is computed from the guidance classifier (hardness of class y, Eq. 4) and the real/synthetic
-discriminator (Eq. 6), with per-sample unit l-infinity gradients (App. A.4). It enters the sampler:
+discriminator (Eq. 6), each gradient normalised per sample: to unit l2 norm (Algorithm 1's u / ||u||, the
+default) or unit l-infinity norm (App. A.4). It enters the sampler:
 
 - DDPM (ancestral): Eq. 7 / Algorithm 1 literally, x_{t-1} = mu + Sigma^{1/2} z + Sigma_theta u, with
   Sigma_theta the variance of the step's noise (fixed or learned), added after the scheduler's step.
@@ -67,7 +68,7 @@ class LowDensityGuidance:
     alpha: float = 0.5
     beta: float = 0.5
     tau: float = 1.0
-    norm: GradientNorm = "linf"
+    norm: GradientNorm = "l2"
 
     def __post_init__(self) -> None:
         if self.beta != 0 and (self.discriminator is None or self.discriminator_gaussians is None):

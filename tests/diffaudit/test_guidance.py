@@ -21,7 +21,12 @@ from diffaudit.guidance.classifier import (
     train_guidance_classifier,
 )
 from diffaudit.guidance.hardness import fit_timestep_gaussians
-from diffaudit.guidance.losses import discriminator_guidance_loss, hardness_guidance_loss, normalize_gradient
+from diffaudit.guidance.losses import (
+    GradientNorm,
+    discriminator_guidance_loss,
+    hardness_guidance_loss,
+    normalize_gradient,
+)
 from diffaudit.guidance.sampling import (
     LowDensityGuidance,
     ddim_shift_coefficient,
@@ -92,7 +97,7 @@ def test_loss_gradients_through_the_network_match_finite_differences(which: str)
 
 def test_normalize_gradient_per_sample() -> None:
     gradient = torch.tensor([[[[0.5, -2.0], [1.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]], [[[3.0, 4.0], [0.0, 0.0]]]])
-    linf = normalize_gradient(gradient)
+    linf = normalize_gradient(gradient, "linf")
     torch.testing.assert_close(linf[0], gradient[0] / 2.0)
     torch.testing.assert_close(linf[1], torch.zeros(1, 2, 2))
     torch.testing.assert_close(linf[2], gradient[2] / 4.0)
@@ -118,7 +123,9 @@ def tiny_unet(num_class_embeds: int | None = 3) -> Any:
     return unet.eval()
 
 
-def tiny_guidance(alpha: float, beta: float, timesteps: list[int], num_classes: int = 3) -> LowDensityGuidance:
+def tiny_guidance(
+    alpha: float, beta: float, timesteps: list[int], num_classes: int = 3, norm: GradientNorm = "l2"
+) -> LowDensityGuidance:
     torch.manual_seed(0)
     classifier = TimeConditionedCNN(in_channels=1, num_classes=num_classes, width=8, embedding_dim=6)
     discriminator = TimeConditionedCNN(in_channels=1, num_classes=2, width=8, embedding_dim=6)
@@ -129,6 +136,7 @@ def tiny_guidance(alpha: float, beta: float, timesteps: list[int], num_classes: 
         discriminator_gaussians={t: random_gaussians(2, 6, seed=t + 1) for t in timesteps},
         alpha=alpha,
         beta=beta,
+        norm=norm,
     )
 
 
@@ -180,13 +188,15 @@ def test_ddpm_hook_adds_sigma_times_direction_and_nothing_at_the_last_step() -> 
     assert guidance(scheduler, x, t, eps, labels, True) == (eps, None)
 
 
-def test_direction_is_alpha_and_beta_weighted_unit_linf_gradients() -> None:
-    guidance = tiny_guidance(0.3, 0.0, [500])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_direction_is_alpha_and_beta_weighted_unit_gradients(norm: GradientNorm) -> None:
+    guidance = tiny_guidance(0.3, 0.0, [500], norm=norm)
     x, labels = torch.randn(3, 1, 8, 8), torch.tensor([0, 1, 2])
     u = guidance.direction(x, 500, labels)
-    torch.testing.assert_close(u.flatten(1).abs().amax(dim=1), torch.full((3,), 0.3))
-    both = tiny_guidance(0.3, 0.2, [500]).direction(x, 500, labels)
-    only_beta = tiny_guidance(0.0, 0.2, [500]).direction(x, 500, labels)
+    size = u.flatten(1).norm(dim=1) if norm == "l2" else u.flatten(1).abs().amax(dim=1)
+    torch.testing.assert_close(size, torch.full((3,), 0.3))
+    both = tiny_guidance(0.3, 0.2, [500], norm=norm).direction(x, 500, labels)
+    only_beta = tiny_guidance(0.0, 0.2, [500], norm=norm).direction(x, 500, labels)
     torch.testing.assert_close(both, u + only_beta)
 
 
@@ -244,7 +254,10 @@ class GaussianDataDenoiser(nn.Module):
 
 
 @pytest.mark.parametrize("scheduler_class", [DDPMScheduler, DDIMScheduler])
-def test_guidance_raises_the_hardness_of_the_final_embedding(scheduler_class: type) -> None:
+@pytest.mark.parametrize(("norm", "alpha"), [("linf", 1.0), ("l2", 8.0)])  # unit l2 over 64 pixels = linf / 8
+def test_guidance_raises_the_hardness_of_the_final_embedding(
+    scheduler_class: type, norm: GradientNorm, alpha: float
+) -> None:
     scheduler = make_scheduler(scheduler_class)
     steps = 10
     timesteps = guidance_timesteps(scheduler, steps)
@@ -255,8 +268,8 @@ def test_guidance_raises_the_hardness_of_the_final_embedding(scheduler_class: ty
     denoiser: Any = GaussianDataDenoiser(scheduler.alphas_cumprod)  # a stand-in for the UNet
     final = gaussians[min(timesteps)]
 
-    def hardness(alpha: float) -> torch.Tensor:
-        guidance = LowDensityGuidance(network, gaussians, alpha=alpha, beta=0.0)
+    def hardness(scale: float) -> torch.Tensor:
+        guidance = LowDensityGuidance(network, gaussians, alpha=scale, beta=0.0, norm=norm)
         with torch.inference_mode():
             x0 = denoise(
                 denoiser,
@@ -271,7 +284,7 @@ def test_guidance_raises_the_hardness_of_the_final_embedding(scheduler_class: ty
             features = network.embed(x0, torch.full((16,), min(timesteps)))
         return final.to("cpu").hardness_all_classes(features)[:, 0]
 
-    baseline, guided = hardness(0.0), hardness(1.0)
+    baseline, guided = hardness(0.0), hardness(alpha)
     assert (guided > baseline).float().mean() >= 0.9
     assert guided.mean() > baseline.mean() + 3 * baseline.std() / 4
 
