@@ -26,7 +26,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy diffaudit app workers
+	$(BIN)/mypy diffaudit app workers bench scripts
 	$(BIN)/lint-imports
 
 bench: install

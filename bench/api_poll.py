@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,13 +33,14 @@ ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 def tiny_checkpoint(folder: Path) -> Path:
     from diffusers import DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel(
+    unet: Any = UNet2DModel(  # diffusers' models are opaque to mypy
         sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
         layers_per_block=1,
     )  # fmt: skip
     unet.save_pretrained(folder / "unet", safe_serialization=True)
-    DDPMScheduler(num_train_timesteps=100).save_pretrained(folder / "scheduler")
+    scheduler: Any = DDPMScheduler(num_train_timesteps=100)
+    scheduler.save_pretrained(folder / "scheduler")
     return folder
 
 
