@@ -33,7 +33,7 @@ from diffaudit.store import LocalStore
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "guided.md"
 IMAGES = ROOT / "docs" / "img"
-GRID_ALPHAS, GRID_BETAS, GRID_N = (0.0, 0.05, 0.2, 0.5), (0.0, 0.05, 0.2, 0.5), 8
+GRID_N = 8  # samples per cell of the Fig. 3 grid job
 PRECISION_FLOOR = 0.8  # issue 5: guided precision >= 0.8 x baseline's
 
 
@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--classifier-steps", type=int, default=defaults.classifier_steps)
     parser.add_argument("--discriminator-steps", type=int, default=defaults.discriminator_steps)
     parser.add_argument("--no-grid", action="store_true", help="skip the Fig. 3 grid job")
+    parser.add_argument(
+        "--grid-scales", type=float, nargs="+", default=[0.0, 0.1, 0.5, 2.0], help="alphas and betas of the grid"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -99,8 +102,8 @@ def main() -> None:
     copy_image(store, main_job, "histograms.png", image_name(args.block, "histograms"))
     copy_image(store, main_job, "memorization.png", image_name(args.block, "memorization"))
     if not args.no_grid:
-        grid_job = f"grid-{tag}"
-        grid = {**guided, "n": GRID_N, "alphas": GRID_ALPHAS, "betas": GRID_BETAS, "grid": True}
+        grid_job = f"grid-{tag}-" + "_".join(f"{scale:g}" for scale in args.grid_scales)
+        grid = {**guided, "n": GRID_N, "alphas": args.grid_scales, "betas": args.grid_scales, "grid": True}
         job(grid_job, {"guided": grid})
         copy_image(store, grid_job, "fig3.png", image_name(args.block, "fig3"))
     write_doc(args.block, results_markdown(summary, model, args))
