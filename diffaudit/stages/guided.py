@@ -72,7 +72,7 @@ from diffaudit.spec import GuidedSpec
 from diffaudit.store import load_array, load_json, save_array, save_json
 
 PREFIX = "guided"
-RECIPE_VERSION = 1  # bump when the guidance networks' architecture or training changes: cached ones are retrained
+RECIPE_VERSION = 2  # bump when the guidance networks' architecture or training changes: cached ones are retrained
 DISCRIMINATOR_SET = "discriminator_samples"
 DISCRIMINATOR_SEED = 1_000_000_000  # synthetic sample i of the discriminator uses this + i (not the job's seeds)
 METRICS = ("hardness", "avg_knn", "lof")
