@@ -106,7 +106,8 @@ class GuidedSpec(_Frozen):
     norm: Literal["linf", "l2"] = Field(
         "l2",
         description="per-sample gradient normalisation: l2 (Algorithm 1's u / ||u||; meets the fidelity target on "
-        "small images) or linf (App. A.4's unit l-infinity; about five times stronger per pixel, see docs/guided.md)",
+        "small images) or linf (App. A.4's unit l-infinity: every pixel may move as far as the largest, a much "
+        "larger step at the same alpha and beta; see docs/guided.md)",
     )
     n: int = Field(256, ge=2, le=1_000_000, description="baseline samples, and guided samples per (alpha, beta) pair")
     scheduler: SchedulerName = Field(

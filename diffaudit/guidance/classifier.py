@@ -8,7 +8,7 @@ sqrt(1 - abar_t) eps, t uniform over the training timesteps.
 
 `TimeConditionedCNN` is small on purpose (width 16: about 29k parameters): the forward and backward passes of
 the classifier and the discriminator at every sampling step must together cost at most half the UNet's forward
-pass (bench/guidance.py; at width 32 they cost about 0.5-0.7 of it on the demo UNet). Networks are saved as
+pass (bench/guidance.py; at width 32 they cost 0.55-0.8 of it on the demo UNet). Networks are saved as
 safetensors with their constructor arguments in the metadata, so a user can upload one.
 """
 
