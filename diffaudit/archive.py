@@ -16,12 +16,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from diffaudit.errors import InvalidInput
+
 CHUNK_BYTES = 1 << 20
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class InvalidArchive(ValueError):
+class InvalidArchive(InvalidInput):
     """The zip cannot be accepted; the message says what to fix."""
 
 

@@ -24,6 +24,8 @@ from diffusers.models.unets.unet_2d import UNet2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from diffaudit.errors import InvalidInput
+
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 UNET_CONFIG_NAME = "config.json"
@@ -32,7 +34,7 @@ DOWNLOADS_SETTING = "DIFFAUDIT_ALLOW_DOWNLOADS"
 MAX_NAMES_SHOWN = 5
 
 
-class InvalidCheckpoint(ValueError):
+class InvalidCheckpoint(InvalidInput):
     """The checkpoint cannot be used; the message tells the user what to fix."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from diffaudit.errors import InvalidInput
 from diffaudit.store import ArtifactStore, load_array, load_json
 
 DatasetKind = Literal["images", "features"]
@@ -25,7 +26,7 @@ LABELS_FILE = "labels.npy"
 HELDOUT_FILE = "heldout.npy"
 
 
-class InvalidDataset(ValueError):
+class InvalidDataset(InvalidInput):
     """The dataset cannot be accepted or read; the message says what to fix."""
 
 

@@ -22,6 +22,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from diffaudit.device import pick_device
+from diffaudit.errors import InvalidInput
 from diffaudit.features.extractors import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -43,7 +44,7 @@ class UnknownExtractor(ValueError):
     """No extractor has this name."""
 
 
-class InvalidWeights(ValueError):
+class InvalidWeights(InvalidInput):
     """The weights cannot be used (missing, unreadable, remote, or not for this model); the message says what to fix."""
 
 
