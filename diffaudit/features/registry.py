@@ -3,10 +3,10 @@
 Weights are only ever read from local files (`.safetensors` preferred; `.pth`/`.pt`/`.bin`
 through `torch.load(weights_only=True)`) inside the operator's weights folder (`weights_dir`, the
 worker's DIFFAUDIT_WEIGHTS_DIR setting): a spec names them relative to it, and nothing outside it is
-read. Their sha256 goes into the extractor's cache key. Without weights a network is initialised from `seed` (the IRS supplement, Sec. 14,
-finds a randomly initialised Inception-v3 the most diversity-preserving extractor). Nothing
-is downloaded, except a timm `hf-hub:` model when the caller passes allow_downloads=True
-(the worker's DIFFAUDIT_ALLOW_DOWNLOADS setting).
+read. Their sha256 goes into the extractor's cache key. Without weights a network is initialised
+from `seed` (the IRS supplement, Sec. 14, finds a randomly initialised Inception-v3 the most
+diversity-preserving extractor). Nothing is downloaded, except a timm `hf-hub:` model when
+the caller passes allow_downloads=True (the worker's DIFFAUDIT_ALLOW_DOWNLOADS setting).
 """
 
 from __future__ import annotations
