@@ -52,6 +52,19 @@ class Settings(BaseSettings):
     worker_prefetch: int = Field(default=1, ge=1)
     demo_model_dir: Path = Path("./var/models")
 
+    # What an evaluation spec may ask for, checked when it is submitted (app.evaluations.validation).
+    weights_dir: Path | None = Field(
+        default=None,
+        description="folder of the weights files a spec may name (features.weights and the other weights fields), "
+        "each named relative to it; unset = specs cannot use weights files",
+    )
+    max_batch_pixels: int = Field(
+        default=2**27,
+        ge=1,
+        description="most values (images x height x width x channels) in one batch a spec sends through the "
+        "checkpoint or an extractor (at the extractor's input size); bounds the time of one forward pass",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _use_psycopg3(cls, url: str) -> str:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Header, Response, status
 from fastapi.responses import FileResponse
 
 from app.auth import CurrentProject
-from app.dependencies import SessionDep, StoreDep
+from app.dependencies import SessionDep, SettingsDep, StoreDep
 from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
 from app.evaluations import service
 from app.evaluations.schemas import (
@@ -45,10 +45,11 @@ def create_evaluation(
     project: CurrentProject,
     session: SessionDep,
     response: Response,
+    settings: SettingsDep,
     enqueue: Annotated[Enqueue, Depends(get_enqueue)],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> EvaluationOut:
-    evaluation, created = service.create_evaluation(session, project, body, idempotency_key, enqueue)
+    evaluation, created = service.create_evaluation(session, project, body, idempotency_key, enqueue, settings)
     if not created:
         response.status_code = status.HTTP_200_OK
     return EvaluationOut.model_validate(evaluation)
