@@ -238,7 +238,7 @@ def _torchvision_extractor(name: str, path: Path | None, seed: int, device: torc
     model = TORCHVISION_MODELS[name]
     state_dict = None if path is None else read_state_dict(path)  # a bad file is refused before the network is built
     network = seeded(model.build, seed)
-    if state_dict is not None:
+    if path is not None and state_dict is not None:
         _load_strict(network, state_dict, f"weights file {path.name!r} does not fit torchvision's {name}")
     return NetworkExtractor(
         name=name,

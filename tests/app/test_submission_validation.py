@@ -18,7 +18,7 @@ from app_helpers import EnqueueRecorder, TinyCheckpoint, upload_checkpoint
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-FEATURES_8D = {"features": np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)}
+FEATURES_8D = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
 
 
 def npz(**arrays: np.ndarray) -> bytes:
@@ -27,7 +27,9 @@ def npz(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def upload_dataset(client: TestClient, headers: dict[str, str], heldout_fraction: float = 0.0, **arrays: Any) -> str:
+def upload_dataset(
+    client: TestClient, headers: dict[str, str], heldout_fraction: float = 0.0, **arrays: np.ndarray
+) -> str:
     response = client.post(
         "/v1/datasets",
         headers=headers,
@@ -170,7 +172,7 @@ def test_images_of_another_size_or_channels_are_refused(
 
 
 def test_features_of_another_dimension_are_refused(client: TestClient, auth: dict[str, str], submit: Submit) -> None:
-    dataset = upload_dataset(client, auth, **FEATURES_8D)
+    dataset = upload_dataset(client, auth, features=FEATURES_8D)
     assert_refused(submit({"stages": ["features"]}, dataset), "spec.features.extractor", "8-dimensional", "256")
     pixels = {"stages": ["features"], "features": {"extractor": "pixels"}}  # 16x16x1 = 256 values
     assert_refused(submit(pixels, dataset), "spec.features.extractor", "256-dimensional")
@@ -217,7 +219,7 @@ def test_stages_that_need_labels_a_held_out_split_or_classes(
     five_classes = upload_dataset(client, auth, heldout_fraction=0.25, images=grey(40), labels=np.arange(40) % 5)
     assert_refused(submit({"stages": ["guided"]}, five_classes), "dataset_id", "5 classes")
     assert_refused(submit({"stages": ["augmentation"]}, five_classes), "checkpoint_id", "generates 10 classes")
-    features = upload_dataset(client, auth, **FEATURES_8D)
+    features = upload_dataset(client, auth, features=FEATURES_8D)
     extra = {
         "stages": ["novelty"],
         "features": {"extractor": "timm:test_resnet"},
