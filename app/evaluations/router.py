@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse
 
 from app.auth import CurrentProject
 from app.dependencies import SessionDep, SettingsDep, StoreDep
-from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
+from app.errors import COMMON_RESPONSES, JSON_BODY_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
 from app.evaluations import service
 from app.evaluations.schemas import (
     ArtifactList,
@@ -34,6 +34,7 @@ router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], responses=COM
     response_model=EvaluationOut,
     status_code=status.HTTP_201_CREATED,
     responses={
+        **JSON_BODY_RESPONSES,
         200: {"model": EvaluationOut, "description": "the job created earlier with this Idempotency-Key"},
         404: {"model": ErrorResponse, "description": "no such checkpoint or dataset in this project"},
         409: {"model": ErrorResponse, "description": "the Idempotency-Key was used for a different request"},
