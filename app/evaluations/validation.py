@@ -174,7 +174,7 @@ def _batch_values(s: Submission, field: str, batch_size: int, item: tuple[int, .
 
 
 def _extractor_input(name: str, generated: tuple[int, int, int]) -> tuple[int, ...]:
-    return extractor_input_size(name, generated) if name != "pixels" else (1, 1, 1)  # pixels runs no network
+    return (1, 1, 1) if name == "pixels" else extractor_input_size(name, generated)  # pixels runs no network
 
 
 def check_batches(s: Submission) -> None:

@@ -212,13 +212,20 @@ def extractor_dim(name: str, image_shape: tuple[int, ...]) -> int | None:
 
 
 def extractor_input_size(name: str, image_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The (H, W, C) shape a known extractor's network processes for images of `image_shape` (timm: the shape of
-    the images themselves, its input size being known only from the built model)."""
+    """The (H, W, C) shape a known extractor's network processes, from its registry entry (timm: its default
+    pretrained config) without building it; `image_shape` for pixels and hub models."""
     if name == "random-cnn":
         return (RANDOM_CNN_SIZE, RANDOM_CNN_SIZE, 3)
     if name in TORCHVISION_MODELS:
         size = TORCHVISION_MODELS[name].input_size
         return (size, size, 3)
+    if name.startswith(TIMM_PREFIX) and not name.startswith(TIMM_PREFIX + HUB_PREFIX):
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+        if cfg is not None:
+            channels, height, width = cfg.input_size
+            return (height, width, channels)
     return image_shape
 
 

@@ -258,3 +258,5 @@ def test_extractor_batches_count_at_the_extractors_input_size(submit: Submit) ->
     spec = {"stages": ["features"], "features": {"extractor": "squeezenet1_1", "batch_size": 4096}}
     assert_refused(submit(spec), "spec.features.batch_size", "616,562,688", "at most 891")
     assert submit({**spec, "features": {"extractor": "squeezenet1_1", "batch_size": 256}}).status_code == 201
+    timm = {"stages": ["features"], "features": {"extractor": "timm:efficientnet_b7", "batch_size": 512}}
+    assert_refused(submit(timm), "spec.features.batch_size", "600x600x3")  # timm's default input size
