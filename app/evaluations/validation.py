@@ -23,6 +23,7 @@ from diffaudit.features.registry import (
     extractor_weights_path,
     local_weights_path,
 )
+from diffaudit.metrics.density import AVG_KNN_K, PRECISION_K
 from diffaudit.spec import EvaluationSpec
 
 BATCH_SETTING = "DIFFAUDIT_MAX_BATCH_PIXELS"
@@ -296,6 +297,13 @@ def check_guided(s: Submission) -> None:
             "dataset_id",
             f"the guided stage compares samples with held-out real images: dataset {s.dataset.id} has "
             f"{s.dataset.heldout_count}; upload it with heldout_fraction > 0 (at least 2 held-out images)",
+        )
+    needed = max(AVG_KNN_K, PRECISION_K + 1)
+    if s.n_train < needed:
+        raise SpecRefused(
+            "dataset_id",
+            f"the guided stage's density metrics (AvgkNN with k = {AVG_KNN_K}, precision with k = {PRECISION_K}) "
+            f"need at least {needed} training images; dataset {s.dataset.id} has {s.n_train}",
         )
     if checkpoint.num_class_embeds:
         num_classes = _need_labels(s, "guided")

@@ -216,6 +216,8 @@ def test_stages_that_need_labels_a_held_out_split_or_classes(
     assert_refused(submit(minority), "spec.augmentation.minority_class", "not one of the 10 classes")
     assert_refused(submit({"stages": ["guided"]}, no_split), "dataset_id", "held-out real images")
     assert_refused(submit({"stages": ["guided"]}, unlabelled), "dataset_id", "needs a labelled dataset")
+    tiny = upload_dataset(client, auth, heldout_fraction=0.5, images=grey(8), labels=np.arange(8) % 2)
+    assert_refused(submit({"stages": ["guided"]}, tiny, unconditional_id), "dataset_id", "at least 5 training images")
     five_classes = upload_dataset(client, auth, heldout_fraction=0.25, images=grey(40), labels=np.arange(40) % 5)
     assert_refused(submit({"stages": ["guided"]}, five_classes), "dataset_id", "5 classes")
     assert_refused(submit({"stages": ["augmentation"]}, five_classes), "checkpoint_id", "generates 10 classes")
