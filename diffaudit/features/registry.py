@@ -12,13 +12,13 @@ the caller passes allow_downloads=True (the worker's DIFFAUDIT_ALLOW_DOWNLOADS s
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 import torch
 import torchvision.models as tvm
 from torch import nn
@@ -203,7 +203,7 @@ def extractor_dim(name: str, image_shape: tuple[int, ...]) -> int | None:
     """The feature dimension of a known extractor on images of shape (H, W, C), when known without building it
     (None for timm models)."""
     if name == "pixels":
-        return int(np.prod(image_shape))
+        return math.prod(image_shape)
     if name == "random-cnn":
         return RANDOM_CNN_DIM
     if name in TORCHVISION_MODELS:

@@ -63,3 +63,29 @@ def test_an_undecodable_json_body_is_a_listed_400(client: TestClient, auth: dict
     }
     documented = client.get("/openapi.json").json()["paths"]["/v1/evaluations"]["post"]["responses"]
     assert {"400", "413"} <= set(documented)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/evaluations/ev%00x",
+        "/v1/evaluations/ev%00x/results",
+        "/v1/evaluations/ev%00x/artifacts",
+        "/v1/evaluations/ev%00x/artifacts/sample/grid.png",
+        "/v1/evaluations?checkpoint_id=ck%00",
+        "/v1/evaluations?dataset_id=" + "d" * 33,
+    ],
+)
+def test_ids_the_database_cannot_compare_are_422(client: TestClient, auth: dict[str, str], url: str) -> None:
+    """A NUL byte in an id made PostgreSQL raise (a 500); ids are checked against their pattern first."""
+    response = client.get(url, headers=auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_an_evaluation_request_with_a_nul_in_an_id_is_422(client: TestClient, auth: dict[str, str]) -> None:
+    for field in ("checkpoint_id", "dataset_id"):
+        body = {"checkpoint_id": "ck_1", "dataset_id": "digits", field: "x\x00"}
+        response = client.post("/v1/evaluations", headers=auth, json=body)
+        assert response.status_code == 422, response.text
+        assert f"body.{field}" in response.json()["error"]["message"]
