@@ -20,6 +20,7 @@ from starlette.routing import Match
 from diffaudit.archive import InvalidArchive
 from diffaudit.checkpoints import InvalidCheckpoint
 from diffaudit.datasets import InvalidDataset
+from diffaudit.errors import InvalidInput
 
 FASTAPI_BODY_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -103,6 +104,7 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidArchive: (400, "invalid_archive"),
     InvalidDataset: (422, "invalid_dataset"),
     InvalidCheckpoint: (422, "invalid_checkpoint"),
+    InvalidInput: (422, "invalid_input"),  # any other input error of the core (e.g. InvalidWeights): the user's to fix
 }
 
 

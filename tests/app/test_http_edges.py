@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.uploads import JSON_BODY_LIMIT
+from diffaudit.features.registry import InvalidWeights
 
 
 @pytest.mark.parametrize(
@@ -89,3 +90,19 @@ def test_an_evaluation_request_with_a_nul_in_an_id_is_422(client: TestClient, au
         response = client.post("/v1/evaluations", headers=auth, json=body)
         assert response.status_code == 422, response.text
         assert f"body.{field}" in response.json()["error"]["message"]
+
+
+def test_every_input_error_of_the_core_is_a_422(client: TestClient) -> None:
+    """InvalidInput means the user's to fix: whichever core error reaches the API, it is never a 500."""
+
+    def refuse() -> None:
+        raise InvalidWeights("weights 'w.pth' is not a file of the weights folder")
+
+    client.app.add_api_route("/refuse", refuse)  # type: ignore[attr-defined]
+    response = client.get("/refuse")
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "invalid_input",
+        "message": "weights 'w.pth' is not a file of the weights folder",
+        "details": None,
+    }
