@@ -12,6 +12,7 @@ from diffaudit.errors import InvalidInput
 from diffaudit.features.registry import (
     InvalidWeights,
     UnknownExtractor,
+    create_extractor,
     extractor_weights_path,
     local_weights_path,
 )
@@ -88,3 +89,29 @@ def test_extractor_choices_are_checked_without_building_them(folders: tuple[Path
     with pytest.raises(InvalidWeights, match=NOT_IN_FOLDER):
         check("vgg16", "../secret.safetensors")
     assert issubclass(UnknownExtractor, InvalidInput)  # the user's to fix: a job fails at once, without retries
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("garbage.safetensors", b"this is not a safetensors file"),
+        ("garbage.pth", b"garbage"),
+        ("other.safetensors", None),  # a valid file of other weights: does not fit the model
+    ],
+)
+@pytest.mark.parametrize("extractor", ["squeezenet1_1", "timm:test_resnet"])
+def test_weights_errors_name_the_file_but_no_server_path(
+    folders: tuple[Path, Path], name: str, content: bytes | None, extractor: str
+) -> None:
+    weights, _ = folders
+    path = weights / "deeper" / name
+    path.parent.mkdir()
+    if content is None:
+        save_file({"fc.weight": torch.zeros(2, 2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InvalidWeights) as caught:
+        create_extractor(extractor, weights=f"deeper/{name}", weights_dir=weights, device=torch.device("cpu"))
+    message = str(caught.value)
+    assert name in message
+    assert str(weights) not in message and str(weights.resolve()) not in message
