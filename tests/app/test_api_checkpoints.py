@@ -58,6 +58,7 @@ def test_upload_validates_and_stores_the_checkpoint(
     stored = store.list(f"checkpoints/{body['id']}/")
     assert f"checkpoints/{body['id']}/{WEIGHTS}" in stored
     assert f"checkpoints/{body['id']}/scheduler/scheduler_config.json" in stored
+    assert body.pop("ignored_files") == []
     assert client.get(f"/v1/checkpoints/{body['id']}", headers=auth).json() == body
     assert [c["id"] for c in client.get("/v1/checkpoints", headers=auth).json()["items"]] == [body["id"]]
 
@@ -158,7 +159,7 @@ ARCHIVE_CASES = {
     "absolute entry": ({"/etc/config.json": b"{}"}, "absolute path"),
     "symbolic link": ("symlink", "symbolic link"),
     "too many files": ({f"f{i}.txt": b"x" for i in range(TEST_LIMITS["max_archive_files"] + 1)}, "files, more than"),
-    "too many bytes": ({"big.bin": b"\0" * (TEST_LIMITS["max_archive_bytes"] + 1)}, "more than the limit"),
+    "too many bytes": ({WEIGHTS: b"\0" * (TEST_LIMITS["max_archive_bytes"] + 1)}, "more than the limit"),
 }
 
 
