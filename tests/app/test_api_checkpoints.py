@@ -250,8 +250,9 @@ def test_checkpoints_over_the_parameter_limit_are_refused(
     response = upload_checkpoint(client, auth, tiny_checkpoint.zip_bytes)
     assert response.status_code == 422, response.text
     limit = f"{tiny_checkpoint.num_parameters - 1:,}"
-    assert f"the UNet has {tiny_checkpoint.num_parameters:,} parameters, more than this server's limit of {limit}" in (
-        response.json()["error"]["message"]
+    assert (
+        f"the UNet has {tiny_checkpoint.num_parameters:,} parameters, more than this server's limit of {limit}"
+        in (response.json()["error"]["message"])
     )
 
 

@@ -90,10 +90,16 @@ def test_bad_unet_configs_are_refused_naming_the_field(folder: Path, no_real_mod
 
 
 SCHEDULER_CASES: dict[str, tuple[dict[str, Any], str]] = {
-    "1e10 training steps": ({"num_train_timesteps": 1e10}, "num_train_timesteps is 10000000000.0; it must be an integer"),
+    "1e10 training steps": (
+        {"num_train_timesteps": 1e10},
+        "num_train_timesteps is 10000000000.0; it must be an integer",
+    ),
     "a boolean for the steps": ({"num_train_timesteps": True}, "num_train_timesteps is true"),
     "a negative beta": ({"beta_start": -0.1}, "beta_start is -0.1"),
-    "betas of another length": ({"trained_betas": [0.1, 0.2]}, "trained_betas has 2 values for num_train_timesteps 100"),
+    "betas of another length": (
+        {"trained_betas": [0.1, 0.2]},
+        "trained_betas has 2 values for num_train_timesteps 100",
+    ),
 }
 
 
@@ -117,7 +123,9 @@ def test_huge_configs_with_small_weights_are_refused_before_building(
 
 def test_parameters_are_counted_and_bounded_before_building(folder: Path, no_real_model: None) -> None:
     limit = 1000
-    with pytest.raises(InvalidCheckpoint, match=r"the UNet has [\d,]+ parameters, more than this server's limit of 1,000"):
+    with pytest.raises(
+        InvalidCheckpoint, match=r"the UNet has [\d,]+ parameters, more than this server's limit of 1,000"
+    ):
         validate_checkpoint_dir(folder, CheckpointLimits(max_parameters=limit))
 
 
