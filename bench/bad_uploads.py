@@ -108,21 +108,24 @@ def images_npz() -> bytes:
 
 def corpus(base: Path) -> dict[str, tuple[str, bytes]]:
     """name -> (endpoint, upload) of every bad upload."""
-    ck = "/v1/checkpoints"
+
+    def unet(weights: bool = True, **changes: Any) -> tuple[str, bytes]:
+        return "/v1/checkpoints", checkpoint_zip(base, unet=changes, weights=weights)
+
     return {
-        "block_out_channels [-8, 16]": (ck, checkpoint_zip(base, unet={"block_out_channels": [-8, 16]})),
-        "norm_num_groups 0": (ck, checkpoint_zip(base, unet={"norm_num_groups": 0})),
-        "block_out_channels [100000, 200000]": (ck, checkpoint_zip(base, unet={"block_out_channels": [100000, 200000]})),
-        "num_train_timesteps 1e10": (ck, checkpoint_zip(base, scheduler={"num_train_timesteps": 1e10})),
-        "[1024, 2048], small weights": (ck, checkpoint_zip(base, unet={"block_out_channels": [1024, 2048]})),
-        "[1024, 2048], no weights": (ck, checkpoint_zip(base, unet={"block_out_channels": [1024, 2048]}, weights=False)),
-        "[4096, 8192], small weights": (ck, checkpoint_zip(base, unet={"block_out_channels": [4096, 8192]})),
-        "[4096, 8192], no weights": (ck, checkpoint_zip(base, unet={"block_out_channels": [4096, 8192]}, weights=False)),
-        "sample_size 100000": (ck, checkpoint_zip(base, unet={"sample_size": 100000})),
-        "sample_size true": (ck, checkpoint_zip(base, unet={"sample_size": True})),
+        "block_out_channels [-8, 16]": unet(block_out_channels=[-8, 16]),
+        "norm_num_groups 0": unet(norm_num_groups=0),
+        "block_out_channels [100000, 200000]": unet(block_out_channels=[100000, 200000]),
+        "num_train_timesteps 1e10": ("/v1/checkpoints", checkpoint_zip(base, scheduler={"num_train_timesteps": 1e10})),
+        "[1024, 2048], small weights": unet(block_out_channels=[1024, 2048]),
+        "[1024, 2048], no weights": unet(weights=False, block_out_channels=[1024, 2048]),
+        "[4096, 8192], small weights": unet(block_out_channels=[4096, 8192]),
+        "[4096, 8192], no weights": unet(weights=False, block_out_channels=[4096, 8192]),
+        "sample_size 100000": unet(sample_size=100000),
+        "sample_size true": unet(sample_size=True),
         "npz, negative shape": ("/v1/datasets", npz_with_header((-5, 16, 16), bytes(256))),
         "npz, header declaring 40 GB": ("/v1/datasets", npz_with_header((10**7, 64, 64), bytes(256))),
-    }  # fmt: skip
+    }
 
 
 def post(client: httpx.Client, endpoint: str, data: bytes, name: str) -> tuple[int, dict[str, Any], float]:
