@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from diffusers.models.unets.unet_2d import UNet2DModel
+
 from diffaudit.errors import InvalidInput
 
 MAX_CHANNELS = 1 << 16  # sanity bound on any channel count; the parameter limit bounds the model itself
@@ -186,8 +188,6 @@ UNET_2D_RULES: dict[str, Rule] = {
 
 def check_unet_2d_config(config: Mapping[str, Any], name: str) -> None:
     """Every field of a UNet2DModel config, then the fields that must agree; InvalidCheckpoint naming the field."""
-    from diffusers.models.unets.unet_2d import UNet2DModel
-
     class_name = config.get("_class_name")
     if class_name != UNet2DModel.__name__:
         raise InvalidCheckpoint(
