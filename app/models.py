@@ -123,6 +123,7 @@ class Dataset(Base):
     """A training set; built-ins (e.g. 'digits') have no project and are visible to all."""
 
     __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "content_hash", "heldout_hash"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
@@ -131,6 +132,9 @@ class Dataset(Base):
     count: Mapped[int] = mapped_column(Integer)
     item_shape: Mapped[list[Any]] = mapped_column(JSON)
     content_hash: Mapped[str] = mapped_column(String(64))
+    heldout_hash: Mapped[str | None] = mapped_column(
+        String(64), doc="sha256 of the held-out mask; with content_hash, what makes two uploads the same dataset"
+    )
     class_names: Mapped[list[Any] | None] = mapped_column(JSON)
     class_counts: Mapped[list[Any] | None] = mapped_column(JSON)
     heldout_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     worker_prefetch: int = Field(default=1, ge=1)
     demo_model_dir: Path = Path("./var/models")
 
+    # Upload bounds on checkpoints, checked before a model is built (max_image_side above also
+    # bounds a checkpoint's sample_size).
+    max_checkpoint_parameters: int = Field(
+        default=1_000_000_000,
+        ge=1,
+        description="most parameters an uploaded checkpoint may have; validation holds them in float32 in the API",
+    )
+
     # What an evaluation spec may ask for, checked when it is submitted (app.evaluations.validation).
     weights_dir: Path | None = Field(
         default=None,

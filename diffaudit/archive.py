@@ -3,7 +3,8 @@
 A zip from a user is untrusted: entry names may point outside the target folder, entries may
 be symlinks, and declared sizes may lie (a zip bomb). `safe_extract_zip` checks every entry
 before writing anything, counts the bytes it actually writes, and on any refusal removes
-everything it wrote.
+everything it wrote. `extract_selected` extracts only the entries a caller selects from the
+zip's directory; the others are never decompressed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import stat
 import zipfile
 import zlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -66,9 +68,26 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
-def check_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+Member = tuple[zipfile.ZipInfo, PurePosixPath]
+Selector = Callable[[list[PurePosixPath]], Collection[PurePosixPath]]
+
+
+@dataclass(frozen=True)
+class Extraction:
+    paths: list[Path]  # the files written, sorted
+    left_out: list[str]  # the entries not selected (never decompressed), sorted
+
+
+def check_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Member]:
     """The entries to extract with their relative paths, after every check that needs no decompression."""
-    members: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+    members = list_members(zf, limits)
+    check_declared_bytes(members, limits)
+    return members
+
+
+def list_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Member]:
+    """The zip's regular files with their relative paths; refuses unsafe names, links, encryption, too many files."""
+    members: list[Member] = []
     for info in zf.infolist():
         if _is_symlink(info):
             raise InvalidArchive(f"the zip entry {info.filename!r} is a symbolic link; zip the real files instead")
@@ -82,13 +101,17 @@ def check_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[tuple[zipf
         members.append((info, relative))
     if len(members) > limits.max_files:
         raise InvalidArchive(f"the zip holds {len(members):,} files, more than the limit of {limits.max_files:,}")
+    _check_no_collisions([path for _, path in members])
+    return members
+
+
+def check_declared_bytes(members: list[Member], limits: ArchiveLimits) -> None:
+    """The sizes the zip's directory declares for these entries fit the limit (the bytes written are counted too)."""
     declared = sum(info.file_size for info, _ in members)
     if declared > limits.max_total_bytes:
         raise InvalidArchive(
             f"the zip expands to {declared:,} bytes, more than the limit of {limits.max_total_bytes:,}"
         )
-    _check_no_collisions([path for _, path in members])
-    return members
 
 
 def _check_no_collisions(paths: list[PurePosixPath]) -> None:
@@ -111,23 +134,35 @@ def safe_extract_zip(zip_path: Path, dest: Path, limits: ArchiveLimits) -> list[
     are checked first, written bytes are counted while streaming). On refusal `dest` is left
     as it was found.
     """
+    return extract_selected(zip_path, dest, limits, select=lambda paths: paths).paths
+
+
+def extract_selected(zip_path: Path, dest: Path, limits: ArchiveLimits, select: Selector) -> Extraction:
+    """Like safe_extract_zip, but only the entries `select` picks from the relative paths of all of them.
+
+    The byte limit applies to the selected entries; the others are only listed, never decompressed.
+    """
     created_dest = not dest.exists()
     if not created_dest and any(dest.iterdir()):
-        raise ValueError(f"extraction folder {dest} is not empty")
+        raise ValueError("the extraction folder is not empty")
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with open_zip(zip_path) as zf:
-            members = check_members(zf, limits)
+            members = list_members(zf, limits)
+            chosen = set(select([relative for _, relative in members]))
+            selected = [(info, relative) for info, relative in members if relative in chosen]
+            check_declared_bytes(selected, limits)
             written = 0
             paths: list[Path] = []
-            for info, relative in members:
+            for info, relative in selected:
                 target = dest.joinpath(*relative.parts)
                 written = _extract_member(zf, info, target, written, limits)
                 paths.append(target)
     except BaseException:
         _empty_folder(dest, remove=created_dest)
         raise
-    return sorted(paths)
+    left_out = sorted(relative.as_posix() for _, relative in members if relative not in chosen)
+    return Extraction(paths=sorted(paths), left_out=left_out)
 
 
 def _extract_member(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from app.auth import CurrentProject
 from app.checkpoints import service
-from app.checkpoints.schemas import CheckpointOut, CheckpointPage
+from app.checkpoints.schemas import CheckpointOut, CheckpointPage, CheckpointUploadOut
 from app.dependencies import SessionDep, SettingsDep, StoreDep
 from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, BadRequest, ErrorResponse
 from app.pagination import PageDep
@@ -23,14 +23,16 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=COM
     description=(
         "Multipart form with either `file`: a zip of a diffusers `save_pretrained` folder (a pipeline folder "
         "with `unet/` and `scheduler/`, or a flat UNet folder with `scheduler_config.json`), or `path`: an "
-        "absolute folder on the server under DIFFAUDIT_SERVER_PATHS. Weights must be safetensors. The checkpoint "
-        "is validated completely before anything is stored. Uploading the same content again returns the "
-        "existing checkpoint with 200."
+        "absolute folder on the server under DIFFAUDIT_SERVER_PATHS. Weights must be safetensors. Of a zip, only "
+        "the files a checkpoint consists of are extracted (configs, safetensors weights, model_index.json); the "
+        "others are listed in `ignored_files`. The checkpoint is validated completely, its size bounded "
+        "(DIFFAUDIT_MAX_CHECKPOINT_PARAMETERS, DIFFAUDIT_MAX_IMAGE_SIDE), before anything is built or stored. "
+        "Uploading the same content again returns the existing checkpoint with 200."
     ),
-    response_model=CheckpointOut,
+    response_model=CheckpointUploadOut,
     status_code=status.HTTP_201_CREATED,
     responses={
-        200: {"model": CheckpointOut, "description": "the same checkpoint was already stored in this project"},
+        200: {"model": CheckpointUploadOut, "description": "the same checkpoint was already stored in this project"},
         400: {"model": ErrorResponse, "description": "the zip is corrupt, or an entry escapes its folder"},
         403: {"model": ErrorResponse, "description": "server paths are not allowed, or the path is outside them"},
         413: {"model": ErrorResponse, "description": "the upload is larger than DIFFAUDIT_MAX_UPLOAD_BYTES"},
@@ -45,14 +47,15 @@ def create_checkpoint(
     file: Annotated[UploadFile | None, File(description="zip of the checkpoint folder")] = None,
     path: Annotated[str | None, Form(description="absolute folder on the server (instead of file)")] = None,
     name: Annotated[str | None, Form(description="display name; defaults to the file or folder name")] = None,
-) -> CheckpointOut:
+) -> CheckpointUploadOut:
     if (file is None) == (path is None):
         raise BadRequest("send exactly one of `file` (a zip upload) or `path` (a folder on the server)")
+    ignored: list[str] = []
     if file is not None:
         with tempfile.TemporaryDirectory(prefix="diffaudit-upload-") as tmp:
             zip_path = spool_upload(file, Path(tmp), settings.max_upload_bytes)
             default_name = Path(file.filename or "checkpoint").stem
-            checkpoint, created = service.upload_checkpoint(
+            checkpoint, created, ignored = service.upload_checkpoint(
                 session, project, store, settings, zip_path, name or default_name
             )
     else:
@@ -60,7 +63,8 @@ def create_checkpoint(
         checkpoint, created = service.register_server_path(session, project, store, settings, path, name)
     if not created:
         response.status_code = status.HTTP_200_OK
-    return CheckpointOut.model_validate(checkpoint)
+    body = CheckpointOut.model_validate(checkpoint).model_dump()
+    return CheckpointUploadOut(**body, ignored_files=ignored)
 
 
 @router.get(

@@ -47,5 +47,15 @@ class CheckpointOut(BaseModel):
     created_at: datetime
 
 
+class CheckpointUploadOut(CheckpointOut):
+    """The checkpoint an upload created or found, and what of the zip was left out."""
+
+    ignored_files: list[str] = Field(
+        default_factory=list,
+        description="entries of the zip a checkpoint does not consist of (only configs, safetensors weights and "
+        "model_index.json are kept); they were neither extracted nor stored",
+    )
+
+
 class CheckpointPage(Page[CheckpointOut]):
     """One page of checkpoints."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from app.errors import BadRequest, Forbidden, NotFound
 from app.models import Checkpoint, Project, new_id
 from app.pagination import PageParams, fetch_page
 from app.settings import Settings
-from diffaudit.archive import ArchiveLimits, safe_extract_zip
-from diffaudit.checkpoints import CheckpointInfo, validate_checkpoint_dir
+from diffaudit.archive import ArchiveLimits, extract_selected
+from diffaudit.checkpoints import CheckpointInfo, CheckpointLimits, checkpoint_members, validate_checkpoint_dir
 from diffaudit.store import ArtifactStore
 
 MAX_NAME = 200
+MAX_LEFT_OUT_LOGGED = 20
+logger = logging.getLogger(__name__)
 
 
 def store_prefix(checkpoint_id: str) -> str:
@@ -26,6 +29,10 @@ def store_prefix(checkpoint_id: str) -> str:
 
 def archive_limits(settings: Settings) -> ArchiveLimits:
     return ArchiveLimits(max_files=settings.max_archive_files, max_total_bytes=settings.max_archive_bytes)
+
+
+def checkpoint_limits(settings: Settings) -> CheckpointLimits:
+    return CheckpointLimits(max_parameters=settings.max_checkpoint_parameters, max_image_side=settings.max_image_side)
 
 
 def unwrap_single_folder(root: Path) -> Path:
@@ -101,23 +108,34 @@ def _put_folder(store: ArtifactStore, prefix: str, folder: Path) -> None:
 
 def upload_checkpoint(
     session: Session, project: Project, store: ArtifactStore, settings: Settings, zip_path: Path, name: str
-) -> tuple[Checkpoint, bool]:
-    """Extract and validate an uploaded zip, store its files and record it. Returns (checkpoint, created)."""
+) -> tuple[Checkpoint, bool, list[str]]:
+    """Extract the checkpoint's files from an uploaded zip, validate, store and record them.
+
+    Returns (checkpoint, created, the zip's entries left out because a checkpoint does not consist of them).
+    """
     with tempfile.TemporaryDirectory(prefix="diffaudit-checkpoint-") as tmp:
         extracted = Path(tmp) / "x"
-        safe_extract_zip(zip_path, extracted, archive_limits(settings))
+        extraction = extract_selected(zip_path, extracted, archive_limits(settings), checkpoint_members)
+        if extraction.left_out:
+            logger.info(
+                "checkpoint upload %r: left out %d file(s) that are not part of a checkpoint: %s",
+                name,
+                len(extraction.left_out),
+                extraction.left_out[:MAX_LEFT_OUT_LOGGED],
+            )
         folder = unwrap_single_folder(extracted)
-        info = validate_checkpoint_dir(folder)
+        info = validate_checkpoint_dir(folder, checkpoint_limits(settings))
         existing = _existing(session, project, info.content_hash)
         if existing is not None:
-            return existing, False
+            return existing, False, extraction.left_out
         row = _new_row(project, name, info, source_path=None)
         _put_folder(store, store_prefix(row.id), folder)
     try:
-        return _record(session, project, row, store)
+        checkpoint, created = _record(session, project, row, store)
     except BaseException:
         store.delete_prefix(store_prefix(row.id))
         raise
+    return checkpoint, created, extraction.left_out
 
 
 def allowed_server_path(settings: Settings, path: str) -> Path:
@@ -134,8 +152,8 @@ def allowed_server_path(settings: Settings, path: str) -> Path:
     roots = [root.resolve() for root in settings.server_paths]
     if not any(resolved.is_relative_to(root) for root in roots):
         raise Forbidden(
-            f"path {path!r} is outside the folders this server may read (DIFFAUDIT_SERVER_PATHS: "
-            f"{', '.join(str(r) for r in roots)})"
+            f"path {path!r} is outside the folders this server may read (DIFFAUDIT_SERVER_PATHS); "
+            "ask the operator which folders they are"
         )
     return resolved
 
@@ -145,7 +163,7 @@ def register_server_path(
 ) -> tuple[Checkpoint, bool]:
     """Validate a folder on the server and record it in place (its files are not copied)."""
     folder = allowed_server_path(settings, path)
-    info = validate_checkpoint_dir(folder)
+    info = validate_checkpoint_dir(folder, checkpoint_limits(settings))
     existing = _existing(session, project, info.content_hash)
     if existing is not None:
         return existing, False

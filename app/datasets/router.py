@@ -4,7 +4,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from app.auth import CurrentProject
 from app.datasets import service
@@ -23,11 +23,13 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=COMMON_RE
     description=(
         "A zip of images, flat (unlabelled) or with one sub-folder per class; or an .npz with `images` "
         "(N,H,W[,C]) uint8 and optional `labels` (N,), or `features` (N,D) for your own embeddings. "
-        "Everything is validated before anything is stored."
+        "Everything is validated before anything is stored. Uploading the same content with the same held-out "
+        "split (heldout_fraction and seed) again returns the existing dataset with 200."
     ),
     response_model=DatasetOut,
     status_code=status.HTTP_201_CREATED,
     responses={
+        200: {"model": DatasetOut, "description": "the same dataset was already stored in this project"},
         400: {"model": ErrorResponse, "description": "the upload is not a readable zip"},
         413: {"model": ErrorResponse, "description": "the upload is larger than DIFFAUDIT_MAX_UPLOAD_BYTES"},
     },
@@ -37,6 +39,7 @@ def create_dataset(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
+    response: Response,
     file: Annotated[UploadFile, File(description=".zip of images or .npz")],
     name: Annotated[str | None, Form(description="display name; defaults to the file name")] = None,
     heldout_fraction: Annotated[float, Form(ge=0.0, lt=1.0, description="share held out of training")] = 0.0,
@@ -45,9 +48,11 @@ def create_dataset(
     with tempfile.TemporaryDirectory(prefix="diffaudit-upload-") as tmp:
         path = spool_upload(file, Path(tmp), settings.max_upload_bytes)
         default_name = Path(file.filename or "dataset").stem
-        dataset = service.upload_dataset(
+        dataset, created = service.upload_dataset(
             session, project, store, settings, path, name or default_name, heldout_fraction, seed
         )
+    if not created:
+        response.status_code = status.HTTP_200_OK
     return DatasetOut.model_validate(dataset)
 
 

@@ -18,10 +18,10 @@ from diffaudit.datasets import (
     DatasetInfo,
     IngestLimits,
     InvalidDataset,
-    ingest_dataset,
     write_builtin_dataset,
 )
 from diffaudit.datasets import Dataset as StoredDataset
+from diffaudit.datasets.ingest import PreparedDataset, prepared_dataset
 from diffaudit.store import ArtifactStore
 
 MAX_NAME = 200
@@ -60,7 +60,7 @@ def list_datasets(session: Session, project: Project, page: PageParams) -> tuple
     return fetch_page(session, query, page)
 
 
-def _row(dataset_id: str, project_id: str | None, name: str, info: DatasetInfo) -> Dataset:
+def _row(dataset_id: str, project_id: str | None, name: str, info: DatasetInfo, heldout_hash: str | None) -> Dataset:
     return Dataset(
         id=dataset_id,
         project_id=project_id,
@@ -69,11 +69,22 @@ def _row(dataset_id: str, project_id: str | None, name: str, info: DatasetInfo) 
         count=info.count,
         item_shape=list(info.item_shape),
         content_hash=info.content_hash,
+        heldout_hash=heldout_hash,
         class_names=info.class_names,
         class_counts=info.class_counts,
         heldout_count=info.heldout_count,
         info=info.to_json(),
     )
+
+
+def _existing(session: Session, project: Project, prepared: PreparedDataset) -> Dataset | None:
+    """The project's dataset with the same content and the same held-out split, if there is one."""
+    query = select(Dataset).where(
+        Dataset.project_id == project.id,
+        Dataset.content_hash == prepared.info.content_hash,
+        Dataset.heldout_hash == prepared.heldout_hash,
+    )
+    return session.scalar(query)
 
 
 def upload_dataset(
@@ -85,22 +96,34 @@ def upload_dataset(
     name: str,
     heldout_fraction: float,
     seed: int,
-) -> Dataset:
-    """Validate and store an uploaded .zip or .npz, then record it; nothing stays behind on failure."""
-    dataset_id = new_id("ds")
-    prefix = store_prefix(dataset_id)
-    try:
-        info = ingest_dataset(
-            path, store, prefix, ingest_limits(settings), heldout_fraction=heldout_fraction, seed=seed
-        )
-        row = _row(dataset_id, project.id, name, info)
-        session.add(row)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        store.delete_prefix(prefix)
-        raise
-    return row
+) -> tuple[Dataset, bool]:
+    """Validate an uploaded .zip or .npz, then store and record it; nothing stays behind on failure.
+
+    The same content with the same held-out split as a dataset of the project is that dataset:
+    returns (dataset, created), created False for an existing one (nothing new is stored).
+    """
+    with prepared_dataset(path, ingest_limits(settings), heldout_fraction=heldout_fraction, seed=seed) as prepared:
+        existing = _existing(session, project, prepared)
+        if existing is not None:
+            return existing, False
+        row = _row(new_id("ds"), project.id, name, prepared.info, prepared.heldout_hash)
+        prefix = store_prefix(row.id)
+        try:
+            prepared.put(store, prefix)
+            session.add(row)
+            session.commit()
+        except IntegrityError:  # the same dataset was recorded concurrently: drop ours, return theirs
+            session.rollback()
+            store.delete_prefix(prefix)
+            existing = _existing(session, project, prepared)
+            if existing is None:
+                raise
+            return existing, False
+        except BaseException:
+            session.rollback()
+            store.delete_prefix(prefix)
+            raise
+    return row, True
 
 
 def _builtin_is_complete(session: Session, store: ArtifactStore, name: str) -> bool:
@@ -121,7 +144,7 @@ def ensure_builtin_datasets(session: Session, store: ArtifactStore) -> None:
         info = write_builtin_dataset(name, store, store_prefix(name))
         if session.get(Dataset, name) is not None:
             continue
-        session.add(_row(name, None, name, info))
+        session.add(_row(name, None, name, info, heldout_hash=None))
         try:
             session.commit()
         except IntegrityError:  # another process recorded it first

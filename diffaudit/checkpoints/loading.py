@@ -5,18 +5,22 @@ Accepted layouts:
   unet/config.json, unet/diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json;
 - a flat folder: config.json, diffusion_pytorch_model.safetensors, scheduler_config.json.
 
-The model is built from its config and the weights are read with `safetensors` and loaded
-with `load_state_dict(strict=True)`, so nothing is silently skipped, initialised at random or
-unpickled (UNet2DModel.from_pretrained would fall back on .bin files and tolerate some
-missing keys).
+Nothing is allocated before it is bounded: the configs' fields are checked first (configs.py), the
+model is then built on torch's meta device (no memory) and run once there on one image of its size,
+which proves it can run and counts its parameters against the limit; the weights file's tensor
+names and shapes are compared with the model's from the safetensors header alone. Only then are
+the weights read with `safetensors` and put into the model with `load_state_dict(strict=True)`,
+so nothing is silently skipped, initialised at random or unpickled (UNet2DModel.from_pretrained
+would fall back on .bin files and tolerate some missing keys).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -24,18 +28,28 @@ from diffusers.models.unets.unet_2d import UNet2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from diffaudit.errors import InvalidInput
+from diffaudit.checkpoints.configs import InvalidCheckpoint, check_scheduler_fields, check_unet_2d_config
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 UNET_CONFIG_NAME = "config.json"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+MODEL_INDEX_NAME = "model_index.json"
+# The files a checkpoint consists of, at the top of its folder or one folder down; an upload keeps only these.
+CHECKPOINT_FILE_NAMES = frozenset({MODEL_INDEX_NAME, UNET_CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME})
 DOWNLOADS_SETTING = "DIFFAUDIT_ALLOW_DOWNLOADS"
 MAX_NAMES_SHOWN = 5
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+DEFAULT_MAX_PARAMETERS = 1_000_000_000
+DEFAULT_MAX_IMAGE_SIDE = 1024
 
 
-class InvalidCheckpoint(InvalidInput):
-    """The checkpoint cannot be used; the message tells the user what to fix."""
+@dataclass(frozen=True)
+class CheckpointLimits:
+    """Resource bounds a checkpoint must keep before it is built (the service passes its settings)."""
+
+    max_parameters: int = DEFAULT_MAX_PARAMETERS
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
 
 
 @dataclass(frozen=True)
@@ -78,26 +92,49 @@ class CheckpointFiles:
     weights: Path
     scheduler_config: Path
 
+    def name(self, path: Path) -> str:
+        """A file's path inside the checkpoint, as messages show it."""
+        return path.relative_to(self.root).as_posix()
+
+
+def pickle_files_message(names: Sequence[str]) -> str:
+    return (
+        f"checkpoint contains pickle-based file(s) {list(names[:MAX_NAMES_SHOWN])}, which can run code when loaded; "
+        "only safetensors weights are accepted. Convert it: load it with diffusers "
+        "(e.g. UNet2DModel.from_pretrained(folder) or DDPMPipeline.from_pretrained(folder)) and call "
+        "save_pretrained(new_folder, safe_serialization=True), then upload new_folder without the pickle files."
+    )
+
+
+def checkpoint_members(paths: Sequence[PurePosixPath]) -> list[PurePosixPath]:
+    """The entries of a checkpoint zip that a checkpoint consists of; refuses pickle files by name.
+
+    Kept: configs, safetensors weights and model_index.json (CHECKPOINT_FILE_NAMES), at the top of
+    the checkpoint folder or one folder down, below one folder wrapping all of them if there is one.
+    """
+    pickles = sorted(p.as_posix() for p in paths if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise InvalidCheckpoint(pickle_files_message(pickles))
+    candidates = [p for p in paths if p.name in CHECKPOINT_FILE_NAMES]
+    wrapped = len({p.parts[0] for p in candidates}) == 1 and all(len(p.parts) > 1 for p in candidates)
+    max_depth = 3 if wrapped else 2
+    return [p for p in candidates if len(p.parts) <= max_depth]
+
 
 def locate_files(path: Path) -> CheckpointFiles:
     """The checkpoint's files in the pipeline layout or the flat layout; refuses pickle files."""
     if not path.is_dir():
-        raise InvalidCheckpoint(f"checkpoint folder {path} does not exist or is not a folder")
+        raise InvalidCheckpoint("the checkpoint folder does not exist or is not a folder")
     pickles = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise InvalidCheckpoint(
-            f"checkpoint contains pickle-based file(s) {pickles[:MAX_NAMES_SHOWN]}, which can run code when loaded; "
-            "only safetensors weights are accepted. Convert it: load it with diffusers "
-            "(e.g. UNet2DModel.from_pretrained(folder) or DDPMPipeline.from_pretrained(folder)) and call "
-            "save_pretrained(new_folder, safe_serialization=True), then upload new_folder without the pickle files."
-        )
+        raise InvalidCheckpoint(pickle_files_message(pickles))
     if (path / "unet" / UNET_CONFIG_NAME).is_file():
         unet_dir, scheduler_config = path / "unet", path / "scheduler" / SCHEDULER_CONFIG_NAME
     elif (path / UNET_CONFIG_NAME).is_file():
         unet_dir, scheduler_config = path, path / SCHEDULER_CONFIG_NAME
     else:
         raise InvalidCheckpoint(
-            f"no UNet config in {path}: expected unet/{UNET_CONFIG_NAME} (a diffusers pipeline folder) "
+            f"no UNet config in the checkpoint: expected unet/{UNET_CONFIG_NAME} (a diffusers pipeline folder) "
             f"or {UNET_CONFIG_NAME} (a flat UNet folder)"
         )
     weights = unet_dir / WEIGHTS_NAME
@@ -129,64 +166,90 @@ def content_hash(files: CheckpointFiles) -> str:
     """sha256 over the sorted relative paths and bytes of the files the model is made of."""
     digest = hashlib.sha256()
     for path in sorted((files.unet_config, files.weights, files.scheduler_config)):
-        digest.update(path.relative_to(files.root).as_posix().encode() + b"\0")
+        digest.update(files.name(path).encode() + b"\0")
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
 
 
-def square_sample_size(config: dict[str, Any]) -> int:
-    """UNet2DModel's sample_size as one int (square images only)."""
+def square_sample_size(config: dict[str, Any], name: str, max_side: int | None) -> int:
+    """UNet2DModel's sample_size as one int (square images only), at most `max_side` when given."""
     size = config.get("sample_size")
-    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+    if isinstance(size, list | tuple) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
-    if not isinstance(size, int) or size < 1:
-        raise InvalidCheckpoint(f"config.json: sample_size must be a positive int (square images), found {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise InvalidCheckpoint(
+            f"{name}: sample_size must be a positive integer (square images), found {json.dumps(size)}"
+        )
+    if max_side is not None and size > max_side:
+        raise InvalidCheckpoint(
+            f"{name}: sample_size {size:,} is larger than this server's limit of {max_side:,} pixels on a side"
+        )
     return size
 
 
-def build_unet(config: dict[str, Any]) -> UNet2DModel:
-    """An UNet2DModel with random weights from the config, or InvalidCheckpoint saying why not."""
-    class_name = config.get("_class_name")
-    if class_name != UNet2DModel.__name__:
-        raise InvalidCheckpoint(
-            f"config.json describes a {class_name!r}, not a 'UNet2DModel': only unconditional or "
-            "class-conditional pixel-space UNet2DModel checkpoints are supported"
-        )
-    if config.get("out_channels") != config.get("in_channels"):
-        raise InvalidCheckpoint(
-            f"config.json: out_channels ({config.get('out_channels')}) must equal in_channels "
-            f"({config.get('in_channels')}); models predicting a learned variance are not supported"
-        )
+def unet_skeleton(config: dict[str, Any], sample_size: int, name: str) -> UNet2DModel:
+    """The UNet2DModel on the meta device (no memory), after one forward pass there on one image.
+
+    The pass runs shapes only; it refuses configs that build but cannot run (e.g. a sample_size the
+    down- and up-sampling path cannot return to, or class conditioning without num_class_embeds).
+    """
+    what = f"{name} does not describe a UNet2DModel that can run on {sample_size}x{sample_size} images"
+    labels = None if config.get("num_class_embeds") is None else torch.zeros(1, dtype=torch.long)
     try:
-        return UNet2DModel.from_config(config)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise InvalidCheckpoint(f"config.json does not describe a valid UNet2DModel: {exc}") from exc
+        with torch.device("meta"), torch.no_grad():
+            unet = UNet2DModel.from_config(config)
+            image = torch.empty(1, unet.config["in_channels"], sample_size, sample_size)
+            unet(image, torch.zeros(1, dtype=torch.long), class_labels=labels)
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, RuntimeError) as exc:
+        raise InvalidCheckpoint(f"{what}: {exc}") from exc
+    return unet.eval()
 
 
-def read_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
-    """The safetensors state dict, refusing NaN or infinite values."""
-    name = files.weights.relative_to(files.root).as_posix()
-    try:
-        state = load_file(files.weights)
-    except (SafetensorError, OSError) as exc:
-        raise InvalidCheckpoint(f"{name} is not a readable safetensors file: {exc}") from exc
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise InvalidCheckpoint(f"{name}: tensor {key!r} contains NaN or infinite values")
-    return state
+def check_parameter_count(num_parameters: int, limits: CheckpointLimits | None) -> None:
+    if limits is not None and num_parameters > limits.max_parameters:
+        raise InvalidCheckpoint(
+            f"the UNet has {num_parameters:,} parameters, more than this server's limit of "
+            f"{limits.max_parameters:,}; upload a smaller model"
+        )
 
 
-def load_weights(unet: UNet2DModel, state: dict[str, torch.Tensor]) -> None:
-    """load_state_dict(strict=True), reporting missing/unexpected keys and shape mismatches by name."""
-    expected = unet.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def read_safetensors_shapes(files: CheckpointFiles) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the weights file's JSON header, without reading any tensor."""
+    unreadable = f"{files.name(files.weights)} is not a readable safetensors file"
+    size = files.weights.stat().st_size
+    with files.weights.open("rb") as f:
+        header_bytes = int.from_bytes(f.read(8), "little")
+        if size < 8 or header_bytes > min(size - 8, MAX_HEADER_BYTES):
+            raise InvalidCheckpoint(f"{unreadable}: its header length is invalid")
+        try:
+            header = json.loads(f.read(header_bytes))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidCheckpoint(f"{unreadable}: its header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise InvalidCheckpoint(f"{unreadable}: its header is not a JSON object")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+        ):
+            raise InvalidCheckpoint(f"{unreadable}: tensor {key!r} has no valid shape")
+        shapes[key] = tuple(shape)
+    return shapes
+
+
+def check_weights_match(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    """The weights' tensor names and shapes are the model's, or InvalidCheckpoint naming the differences."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     mismatched = sorted(
-        f"{k}: weights {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state)
-        if state[k].shape != expected[k].shape
+        f"{k}: weights {found[k]} vs config {expected[k]}"
+        for k in set(expected) & set(found)
+        if found[k] != expected[k]
     )
     problems = [
         f"{len(names)} {what} (first: {names[:MAX_NAMES_SHOWN]})"
@@ -202,31 +265,57 @@ def load_weights(unet: UNet2DModel, state: dict[str, torch.Tensor]) -> None:
             "weights do not match config.json: " + "; ".join(problems) + ". Check that config.json and the "
             "safetensors file come from the same model."
         )
-    unet.load_state_dict(state, strict=True)
 
 
-def check_scheduler_config(config: dict[str, Any]) -> None:
-    """The scheduler config must build the schedulers the sampler uses."""
+def read_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
+    """The safetensors state dict, refusing NaN or infinite values."""
+    name = files.name(files.weights)
+    try:
+        state = load_file(files.weights)
+    except SafetensorError as exc:
+        raise InvalidCheckpoint(f"{name} is not a readable safetensors file: {exc}") from exc
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InvalidCheckpoint(f"{name}: tensor {key!r} contains NaN or infinite values")
+    return state
+
+
+def load_weights(skeleton: UNet2DModel, state: dict[str, torch.Tensor]) -> UNet2DModel:
+    """The meta-device model with the weights as its tensors (cast to the model's dtypes), strictly."""
+    dtypes = {key: tensor.dtype for key, tensor in skeleton.state_dict().items()}
+    skeleton.load_state_dict({key: tensor.to(dtypes[key]) for key, tensor in state.items()}, strict=True, assign=True)
+    return skeleton
+
+
+def check_scheduler_config(config: dict[str, Any], name: str) -> None:
+    """The scheduler config's fields are in range and build the schedulers the sampler uses."""
     from diffaudit.checkpoints.schedulers import make_scheduler
 
+    check_scheduler_fields(config, name)
     try:
         make_scheduler("ddim", config)
     except (TypeError, ValueError, KeyError, NotImplementedError) as exc:
-        raise InvalidCheckpoint(f"scheduler_config.json does not describe a usable noise schedule: {exc}") from exc
+        raise InvalidCheckpoint(f"{name} does not describe a usable noise schedule: {exc}") from exc
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
-    """Every check, then the model with its weights (on the CPU)."""
+def read_checkpoint(path: Path, limits: CheckpointLimits | None) -> Checkpoint:
+    """Every check, each before anything it bounds is allocated, then the model with its weights (on the CPU)."""
     files = locate_files(path)
     unet_config = read_json_object(files.unet_config, files.root)
     scheduler_config = read_json_object(files.scheduler_config, files.root)
-    sample_size = square_sample_size(unet_config)
-    check_scheduler_config(scheduler_config)
-    unet = build_unet(unet_config)
-    load_weights(unet, read_weights(files))
+    unet_name = files.name(files.unet_config)
+    check_unet_2d_config(unet_config, unet_name)
+    sample_size = square_sample_size(unet_config, unet_name, None if limits is None else limits.max_image_side)
+    check_scheduler_config(scheduler_config, files.name(files.scheduler_config))
+    skeleton = unet_skeleton(unet_config, sample_size, unet_name)
+    num_parameters = sum(p.numel() for p in skeleton.parameters())
+    check_parameter_count(num_parameters, limits)
+    expected = {key: tuple(tensor.shape) for key, tensor in skeleton.state_dict().items()}
+    check_weights_match(expected, read_safetensors_shapes(files))
+    unet = load_weights(skeleton, read_weights(files))
     info = CheckpointInfo(
         content_hash=content_hash(files),
-        num_parameters=sum(p.numel() for p in unet.parameters()),
+        num_parameters=num_parameters,
         sample_size=sample_size,
         in_channels=int(unet.config["in_channels"]),
         out_channels=int(unet.config["out_channels"]),
@@ -238,14 +327,21 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(unet=unet.eval(), scheduler_config=scheduler_config, info=info)
 
 
-def validate_checkpoint_dir(path: Path) -> CheckpointInfo:
-    """Check a checkpoint folder completely (layout, configs, weights) and describe it."""
-    return read_checkpoint(path).info
+def validate_checkpoint_dir(path: Path, limits: CheckpointLimits | None = None) -> CheckpointInfo:
+    """Check a checkpoint folder completely (layout, configs, limits, weights) and describe it.
+
+    `limits` default to CheckpointLimits(); the service passes the server's.
+    """
+    return read_checkpoint(path, limits or CheckpointLimits()).info
 
 
-def load_checkpoint(path: Path, device: torch.device) -> Checkpoint:
-    """The validated checkpoint with its UNet in eval mode on `device`."""
-    checkpoint = read_checkpoint(path)
+def load_checkpoint(path: Path, device: torch.device, limits: CheckpointLimits | None = None) -> Checkpoint:
+    """The validated checkpoint with its UNet in eval mode on `device`.
+
+    Without `limits`, parameters and image size are not bounded (a stored checkpoint was bounded
+    when it was uploaded); every other check runs.
+    """
+    checkpoint = read_checkpoint(path, limits)
     checkpoint.unet.to(device)  # type: ignore[arg-type]  # diffusers wraps Module.to; mypy misreads it
     return checkpoint
 

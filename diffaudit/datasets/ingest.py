@@ -2,17 +2,20 @@
 
 Everything is validated and written to a temporary folder first, in bounded memory (images are
 decoded one at a time and .npz members are copied in chunks into memory-mapped .npy files);
-only a dataset that passed every check is put in the store, `meta.json` last.
+only a dataset that passed every check is put in the store, `meta.json` last. `prepared_dataset`
+stops before the store, so that a caller can first look for a dataset with the same hashes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 import zipfile
 import zlib
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -51,20 +54,41 @@ class IngestLimits:
     max_array_bytes: int = 32 * 2**30  # size of the decoded images.npy / features.npy
 
 
-def ingest_dataset(
-    path: Path,
-    store: ArtifactStore,
-    prefix: str,
-    limits: IngestLimits,
-    heldout_fraction: float = 0.0,
-    seed: int = 0,
-) -> DatasetInfo:
-    """Validate `path` (a zip of images or an .npz) and store it as a dataset under `prefix`.
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A validated dataset in a temporary folder: its canonical files, described, not yet stored."""
+
+    work: Path
+    info: DatasetInfo
+    heldout_hash: str  # sha256 of the held-out mask; with info.content_hash it identifies the dataset
+
+    def put(self, store: ArtifactStore, prefix: str) -> None:
+        """Put the files in the store under `prefix`, meta.json last; on failure remove what was put."""
+        prefix = prefix.strip("/")
+        if store.exists(f"{prefix}/{META_FILE}"):
+            raise InvalidDataset(f"a dataset already exists under '{prefix}'; delete it first")
+        labelled = self.info.class_names is not None
+        files = [array_file(self.info.kind), HELDOUT_FILE] + ([LABELS_FILE] if labelled else [])
+        store.delete_prefix(prefix)  # leftovers of an interrupted ingest (no meta.json)
+        try:
+            for name in files:
+                store.put_file(f"{prefix}/{name}", self.work / name)
+            save_json(store, f"{prefix}/{META_FILE}", self.info.to_json())
+        except BaseException:
+            store.delete_prefix(prefix)
+            raise
+
+
+@contextmanager
+def prepared_dataset(
+    path: Path, limits: IngestLimits, heldout_fraction: float = 0.0, seed: int = 0
+) -> Iterator[PreparedDataset]:
+    """Validate `path` (a zip of images or an .npz) into a temporary folder, which lasts as long as the context.
 
     A zip of images is flat (unlabelled) or holds one folder per class (labelled, class names
     sorted); one top-level folder wrapping either is unwrapped. An .npz holds `images`
     (N,H,W) or (N,H,W,C) uint8 with C in {1,3}, or `features` (N,D) float, and optionally
-    `labels` (N,) non-negative integers. Raises InvalidDataset, and writes nothing, on any problem.
+    `labels` (N,) non-negative integers. Raises InvalidDataset on any problem.
     """
     _check_heldout_fraction(heldout_fraction)
     try:
@@ -80,7 +104,21 @@ def ingest_dataset(
                 kind, class_names = _read_image_zip(zf, work, limits)
         except InvalidArchive as exc:
             raise InvalidDataset(str(exc)) from exc
-        return _store_dataset(store, prefix, work, kind, class_names, heldout_fraction, seed)
+        yield _prepare(work, kind, class_names, heldout_fraction, seed)
+
+
+def ingest_dataset(
+    path: Path,
+    store: ArtifactStore,
+    prefix: str,
+    limits: IngestLimits,
+    heldout_fraction: float = 0.0,
+    seed: int = 0,
+) -> DatasetInfo:
+    """Validate `path` (see prepared_dataset) and store it as a dataset under `prefix`; writes nothing on refusal."""
+    with prepared_dataset(path, limits, heldout_fraction, seed) as prepared:
+        prepared.put(store, prefix)
+    return prepared.info
 
 
 def write_builtin_dataset(name: str, store: ArtifactStore, prefix: str) -> DatasetInfo:
@@ -93,7 +131,9 @@ def write_builtin_dataset(name: str, store: ArtifactStore, prefix: str) -> Datas
         np.save(work / array_file("images"), images)
         np.save(work / LABELS_FILE, labels)
         class_names = [str(d) for d in range(10)]
-        return _store_dataset(store, prefix, work, "images", class_names, heldout_fraction=0.2, seed=0)
+        prepared = _prepare(work, "images", class_names, heldout_fraction=0.2, seed=0)
+        prepared.put(store, prefix)
+        return prepared.info
 
 
 def _check_heldout_fraction(heldout_fraction: float) -> None:
@@ -252,7 +292,7 @@ def _read_npz(zf: zipfile.ZipFile, work: Path, limits: IngestLimits) -> tuple[Da
     kind: DatasetKind = "images" if "images" in names else "features"
     shape, dtype = _npy_header(zf, kind)
     out_shape = _check_images_header(shape, dtype, limits) if kind == "images" else _check_features_header(shape, dtype)
-    _check_array_bytes(int(np.prod(out_shape)) * (1 if kind == "images" else 4), limits)
+    _check_array_bytes(math.prod(out_shape) * (1 if kind == "images" else 4), limits)
     class_names = _read_npz_labels(zf, out_shape[0], work / LABELS_FILE) if "labels" in names else None
     out = np.lib.format.open_memmap(
         work / array_file(kind), mode="w+", dtype=np.uint8 if kind == "images" else np.float32, shape=out_shape
@@ -292,8 +332,18 @@ def _read_npz_labels(zf: zipfile.ZipFile, count: int, out_path: Path) -> list[st
 
 
 def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an .npz member, whose data must fit in the size the zip's directory declares for it."""
     with _open_member(zf, name) as f:
-        return _read_npy_header(f, name)
+        shape, dtype = _read_npy_header(f, name)
+        header_bytes = f.tell()
+    data_bytes = math.prod(shape) * dtype.itemsize
+    held_bytes = max(0, zf.getinfo(f"{name}.npy").file_size - header_bytes)
+    if data_bytes > held_bytes:
+        raise InvalidDataset(
+            f"'{name}' in the .npz is truncated: its header declares shape {shape} ({data_bytes:,} bytes of data) "
+            f"but it holds {held_bytes:,}; save it again with np.savez"
+        )
+    return shape, dtype
 
 
 def _open_member(zf: zipfile.ZipFile, name: str) -> IO[bytes]:
@@ -321,6 +371,8 @@ def _read_npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype
         raise InvalidDataset(f"'{name}' is stored in Fortran order; save np.ascontiguousarray({name}) instead")
     if dtype.hasobject or dtype.fields is not None:
         raise InvalidDataset(f"'{name}' has dtype {dtype}; save a plain numeric array")
+    if any(int(s) < 0 for s in shape):
+        raise InvalidDataset(f"'{name}' in the .npz has a negative dimension in its shape {shape}; save it again")
     return tuple(int(s) for s in shape), dtype
 
 
@@ -328,7 +380,7 @@ def _iter_npy_chunks(zf: zipfile.ZipFile, name: str) -> Iterator[np.ndarray]:
     """The rows of an .npy member, a few MB at a time; refuses a member shorter or longer than its header."""
     with _open_member(zf, name) as f:
         shape, dtype = _read_npy_header(f, name)
-        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
         rows_per_chunk = max(1, CHUNK_BYTES // max(row_bytes, 1))
         try:
             for start in range(0, shape[0], rows_per_chunk):
@@ -451,19 +503,10 @@ def _hash_array(digest: hashlib._Hash, name: str, array: np.ndarray) -> None:
         digest.update(np.ascontiguousarray(array[start : start + rows_per_chunk]).data)
 
 
-def _store_dataset(
-    store: ArtifactStore,
-    prefix: str,
-    work: Path,
-    kind: DatasetKind,
-    class_names: list[str] | None,
-    heldout_fraction: float,
-    seed: int,
-) -> DatasetInfo:
-    """Choose the split and hash work/<kind>.npy (+ labels.npy), then put the files in the store, meta.json last."""
-    prefix = prefix.strip("/")
-    if store.exists(f"{prefix}/{META_FILE}"):
-        raise InvalidDataset(f"a dataset already exists under '{prefix}'; delete it first")
+def _prepare(
+    work: Path, kind: DatasetKind, class_names: list[str] | None, heldout_fraction: float, seed: int
+) -> PreparedDataset:
+    """Choose the held-out split of work/<kind>.npy (+ labels.npy) into work/heldout.npy, and hash both."""
     array = np.load(work / array_file(kind), mmap_mode="r")
     labels = None if class_names is None else np.load(work / LABELS_FILE, mmap_mode="r")
     count = len(array)
@@ -483,14 +526,7 @@ def _store_dataset(
         class_counts=class_counts,
         heldout_count=int(np.count_nonzero(heldout)),
     )
+    heldout_digest = hashlib.sha256()
+    _hash_array(heldout_digest, "heldout", heldout)
     del array, labels, heldout
-    files = [array_file(kind), HELDOUT_FILE] + ([LABELS_FILE] if class_names is not None else [])
-    store.delete_prefix(prefix)  # leftovers of an interrupted ingest (no meta.json)
-    try:
-        for name in files:
-            store.put_file(f"{prefix}/{name}", work / name)
-        save_json(store, f"{prefix}/{META_FILE}", info.to_json())
-    except BaseException:
-        store.delete_prefix(prefix)
-        raise
-    return info
+    return PreparedDataset(work=work, info=info, heldout_hash=heldout_digest.hexdigest())

@@ -6,10 +6,12 @@ import io
 import json
 import shutil
 import stat
+import tempfile
 import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -58,6 +60,7 @@ def test_upload_validates_and_stores_the_checkpoint(
     stored = store.list(f"checkpoints/{body['id']}/")
     assert f"checkpoints/{body['id']}/{WEIGHTS}" in stored
     assert f"checkpoints/{body['id']}/scheduler/scheduler_config.json" in stored
+    assert body.pop("ignored_files") == []
     assert client.get(f"/v1/checkpoints/{body['id']}", headers=auth).json() == body
     assert [c["id"] for c in client.get("/v1/checkpoints", headers=auth).json()["items"]] == [body["id"]]
 
@@ -124,12 +127,64 @@ def _pickle_weights(folder: Path) -> None:
     (folder / WEIGHTS).rename(folder / "unet/diffusion_pytorch_model.bin")
 
 
+def _edit(file: str, **changes: object) -> Callable[[Path], None]:
+    """A change setting fields of one of the checkpoint's JSON configs."""
+
+    def change(folder: Path) -> None:
+        path = folder / file
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+    return change
+
+
+def _unet(**changes: object) -> Callable[[Path], None]:
+    return _edit("unet/config.json", **changes)
+
+
+def _without_weights(**changes: object) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        _unet(**changes)(folder)
+        (folder / WEIGHTS).unlink()
+
+    return change
+
+
 CONTENT_CASES = {
     "config that does not parse": (_bad_config, 422, "not valid JSON"),
     "weights not matching the config": (_weights_for_other_config, 422, "weights do not match config.json"),
     "NaN weights": (_nan_weights, 422, "NaN"),
     "pickle weights": (_pickle_weights, 422, "save_pretrained(new_folder, safe_serialization=True)"),
+    "negative channels": (_unet(block_out_channels=[-8, 16]), 422, "block_out_channels is [-8, 16]"),
+    "zero norm groups": (_unet(norm_num_groups=0), 422, "norm_num_groups is 0"),
+    "200,000 channels": (_unet(block_out_channels=[100000, 200000]), 422, "block_out_channels is [100000, 200000]"),
+    "1e10 training steps": (
+        _edit("scheduler/scheduler_config.json", num_train_timesteps=1e10),
+        422,
+        "num_train_timesteps is 10000000000.0; it must be an integer from 1 to 100,000",
+    ),
+    "[1024, 2048] with small weights": (_unet(block_out_channels=[1024, 2048]), 422, "shape mismatches"),
+    "[4096, 8192] with small weights": (
+        _unet(block_out_channels=[4096, 8192]),
+        422,
+        "parameters, more than this server's limit of 1,000,000,000",
+    ),
+    "[4096, 8192] without weights": (_without_weights(block_out_channels=[4096, 8192]), 422, "missing weights"),
+    "image size beyond the limit": (_unet(sample_size=100000), 422, "larger than this server's limit of 64 pixels"),
+    "true as the image size": (_unet(sample_size=True), 422, "sample_size must be a positive integer"),
+    "an image size the UNet cannot return to": (_unet(sample_size=17), 422, "that can run on 17x17 images"),
 }
+
+
+@pytest.fixture
+def no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail if a layer's weights are initialised anywhere but on the meta device (i.e. allocated)."""
+    real = torch.nn.init.kaiming_uniform_
+
+    def meta_only(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        assert tensor.is_meta, "a model was built with real memory before the checks"
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", meta_only)
 
 
 @pytest.mark.parametrize("case", list(CONTENT_CASES))
@@ -141,6 +196,7 @@ def test_bad_checkpoint_content_is_refused_and_nothing_is_kept(
     store: LocalStore,
     session: Session,
     tmp_path: Path,
+    no_real_model: None,
 ) -> None:
     change, status, message = CONTENT_CASES[case]
     response = upload_checkpoint(client, auth, _modified_checkpoint(tiny_checkpoint.folder, tmp_path, change))
@@ -158,7 +214,7 @@ ARCHIVE_CASES = {
     "absolute entry": ({"/etc/config.json": b"{}"}, "absolute path"),
     "symbolic link": ("symlink", "symbolic link"),
     "too many files": ({f"f{i}.txt": b"x" for i in range(TEST_LIMITS["max_archive_files"] + 1)}, "files, more than"),
-    "too many bytes": ({"big.bin": b"\0" * (TEST_LIMITS["max_archive_bytes"] + 1)}, "more than the limit"),
+    "too many bytes": ({WEIGHTS: b"\0" * (TEST_LIMITS["max_archive_bytes"] + 1)}, "more than the limit"),
 }
 
 
@@ -185,6 +241,55 @@ def test_bad_archive_is_refused_and_nothing_is_kept(
     assert message in response.json()["error"]["message"]
     assert store.list("checkpoints/") == []
     assert checkpoint_rows(session, auth, client) == 0
+
+
+def test_checkpoints_over_the_parameter_limit_are_refused(
+    make_client: Callable[..., TestClient], auth: dict[str, str], tiny_checkpoint: TinyCheckpoint
+) -> None:
+    client = make_client(max_checkpoint_parameters=tiny_checkpoint.num_parameters - 1)
+    response = upload_checkpoint(client, auth, tiny_checkpoint.zip_bytes)
+    assert response.status_code == 422, response.text
+    limit = f"{tiny_checkpoint.num_parameters - 1:,}"
+    assert (
+        f"the UNet has {tiny_checkpoint.num_parameters:,} parameters, more than this server's limit of {limit}"
+        in (response.json()["error"]["message"])
+    )
+
+
+def test_only_the_files_of_the_checkpoint_are_extracted_and_stored(
+    client: TestClient, auth: dict[str, str], tiny_checkpoint: TinyCheckpoint, store: LocalStore, tmp_path: Path
+) -> None:
+    copy = tmp_path / "with-junk"
+    shutil.copytree(tiny_checkpoint.folder, copy)
+    (copy / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    (copy / "junk.dat").write_bytes(b"\0" * (TEST_LIMITS["max_archive_bytes"] + 1))  # over the byte limit
+    (copy / "unet/notes.txt").write_text("training notes")
+    response = upload_checkpoint(client, auth, zip_folder(copy, "model"))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["ignored_files"] == ["model/junk.dat", "model/unet/notes.txt"]
+    assert sorted(key.removeprefix(f"checkpoints/{body['id']}/") for key in store.list("checkpoints/")) == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        WEIGHTS,
+    ]
+
+
+def test_checkpoint_errors_show_no_server_paths(
+    client: TestClient, auth: dict[str, str], tiny_checkpoint: TinyCheckpoint, tmp_path: Path
+) -> None:
+    server_folders = (tempfile.gettempdir(), str(tmp_path))
+    uploads = {
+        "no checkpoint files": _zip_with({"notes.txt": b"hello"}),
+        "not a zip": b"plain text",
+        **{case: _modified_checkpoint(tiny_checkpoint.folder, tmp_path / case, change) for case, (change, _, _) in (
+            CONTENT_CASES.items()
+        )},
+    }  # fmt: skip
+    for case, data in uploads.items():
+        message = upload_checkpoint(client, auth, data).json()["error"]["message"]
+        assert not any(folder in message for folder in server_folders), (case, message)
 
 
 def test_oversized_upload_is_refused_from_its_content_length(
@@ -265,6 +370,7 @@ def test_server_path_outside_the_allowed_roots_is_refused(
         response = client.post("/v1/checkpoints", headers=auth, data={"path": path})
         assert response.status_code == 403, path
         assert "outside the folders" in response.json()["error"]["message"]
+        assert str(allowed.resolve()) not in response.json()["error"]["message"].replace(path, "")
 
 
 def test_workers_get_a_local_folder_of_the_stored_checkpoint(

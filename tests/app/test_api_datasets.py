@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import tempfile
 import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,13 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
+
+
+def npz_with_header(shape: tuple[int, ...], data: bytes) -> bytes:
+    """An .npz whose images.npy has a hand-written header (np.savez cannot write a wrong one)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return zip_bytes({"images.npy": header.getvalue() + data})
 
 
 def upload(client: TestClient, headers: dict[str, str], data: bytes, name: str = "data.zip", **form: str) -> Any:
@@ -177,6 +186,11 @@ BAD_DATASETS: dict[str, tuple[Callable[[], bytes], str]] = {
     "empty dataset": (lambda: zip_bytes({"readme/": b""}), "no images"),
     "image too large": (lambda: zip_bytes({"a.png": png(TEST_LIMITS["max_image_side"] + 1)}), "downscale"),
     "npz with NaN features": (lambda: npz_bytes(features=np.array([[0.0, np.nan]])), "NaN"),
+    "npz with a negative shape": (lambda: npz_with_header((-5, 8, 8), b"\0" * 64), "negative dimension"),
+    "npz declaring more data than it holds": (
+        lambda: npz_with_header((10**6, 8, 8), b"\0" * 64),
+        "its header declares shape (1000000, 8, 8)",
+    ),
 }
 
 
@@ -206,3 +220,31 @@ def test_heldout_fraction_is_validated(client: TestClient, auth: dict[str, str])
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"
     assert "heldout_fraction" in response.json()["error"]["message"]
+
+
+def test_the_same_upload_returns_the_existing_dataset(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], store: LocalStore, session: Session
+) -> None:
+    data = zip_bytes({f"c{i % 2}/{i}.png": png(value=i) for i in range(10)})
+    first = upload(client, auth, data, heldout_fraction="0.2")
+    files = stored_dataset_files(store)
+    again = [upload(client, auth, data, name=f"copy{i}.zip", heldout_fraction="0.2") for i in range(3)]
+    assert first.status_code == 201, first.text
+    assert [r.status_code for r in again] == [200, 200, 200]
+    assert {r.json()["id"] for r in again} == {first.json()["id"]}
+    assert again[0].json() == first.json()
+    assert stored_dataset_files(store) == files
+    assert dataset_rows(session, client, auth) == 1
+    # another split of the same images is another dataset; so is the same upload in another project
+    other_split = upload(client, auth, data, heldout_fraction="0.4")
+    other_project = upload(client, other_auth, data, heldout_fraction="0.2")
+    assert (other_split.status_code, other_project.status_code) == (201, 201)
+    assert len({first.json()["id"], other_split.json()["id"], other_project.json()["id"]}) == 3
+    assert other_split.json()["content_hash"] == first.json()["content_hash"]
+
+
+def test_dataset_errors_show_no_server_paths(client: TestClient, auth: dict[str, str], tmp_path: Path) -> None:
+    server_folders = (tempfile.gettempdir(), str(tmp_path), str(Path.cwd()))
+    for case, (make, _) in BAD_DATASETS.items():
+        message = upload(client, auth, make()).json()["error"]["message"]
+        assert not any(folder in message for folder in server_folders), (case, message)
