@@ -262,3 +262,14 @@ def test_extractor_batches_count_at_the_extractors_input_size(submit: Submit) ->
     assert submit({**spec, "features": {"extractor": "squeezenet1_1", "batch_size": 256}}).status_code == 201
     timm = {"stages": ["features"], "features": {"extractor": "timm:efficientnet_b7", "batch_size": 512}}
     assert_refused(submit(timm), "spec.features.batch_size", "600x600x3")  # timm's default input size
+
+
+@pytest.mark.parametrize("inside", ["artifacts", "cache", "."])
+def test_the_weights_folder_may_not_overlap_the_project_files(
+    make_settings: Callable[..., Any], tmp_path: Path, inside: str
+) -> None:
+    """Otherwise a spec could name another project's uploaded checkpoint weights as extractor weights."""
+    folder = tmp_path / inside
+    with pytest.raises(ValueError, match="DIFFAUDIT_WEIGHTS_DIR must not overlap"):
+        make_settings(weights_dir=folder if inside != "artifacts" else folder / "checkpoints")
+    assert make_settings(weights_dir=tmp_path / "weights").weights_dir == tmp_path / "weights"
