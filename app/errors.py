@@ -15,10 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from diffaudit.archive import InvalidArchive
 from diffaudit.checkpoints import InvalidCheckpoint
 from diffaudit.datasets import InvalidDataset
+from diffaudit.errors import InvalidInput
+
+FASTAPI_BODY_ERROR = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+UNDECODABLE_BODY = "the request body cannot be decoded: send JSON encoded as UTF-8"
 
 
 class DomainError(Exception):
@@ -74,6 +80,15 @@ class TooLarge(DomainError):
     code = "too_large"
 
 
+class BodyTooLarge(HTTPException):
+    """A request body over its limit, raised while the body streams in (an HTTPException, so that FastAPI's body
+    parsing lets it through); answered like TooLarge."""
+
+    def __init__(self, message: str, limit_bytes: int) -> None:
+        super().__init__(413, message)
+        self.limit_bytes = limit_bytes
+
+
 class Invalid(DomainError):
     status_code = 422
     code = "invalid"
@@ -89,6 +104,7 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidArchive: (400, "invalid_archive"),
     InvalidDataset: (422, "invalid_dataset"),
     InvalidCheckpoint: (422, "invalid_checkpoint"),
+    InvalidInput: (422, "invalid_input"),  # any other input error of the core (e.g. InvalidWeights): the user's to fix
 }
 
 
@@ -133,9 +149,33 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", f"request is invalid: {summary}", errors)
 
 
+def too_large_response(exc: BodyTooLarge) -> JSONResponse:
+    return error_response(413, TooLarge.code, str(exc.detail), {"limit_bytes": exc.limit_bytes})
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path (Starlette's 405 names only the first route's)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, _code_for_status(exc.status_code), str(exc.detail), headers=exc.headers)
+    if isinstance(exc, BodyTooLarge):
+        return too_large_response(exc)
+    if exc.status_code == 400 and exc.detail == FASTAPI_BODY_ERROR:
+        return error_response(400, BadRequest.code, UNDECODABLE_BODY)
+    headers = exc.headers
+    if exc.status_code == 405:
+        methods = allowed_methods(request)
+        headers = {**(headers or {}), "Allow": ", ".join(methods)}
+        message = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(methods)}"
+        return error_response(405, _code_for_status(405), message, {"allowed": methods}, headers=headers)
+    return error_response(exc.status_code, _code_for_status(exc.status_code), str(exc.detail), headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -145,6 +185,12 @@ def install_error_handlers(app: FastAPI) -> None:
     for cls in CORE_ERRORS:
         app.add_exception_handler(cls, _core_error)
 
+
+# Responses of the routes that take a JSON body.
+JSON_BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the body cannot be decoded (send UTF-8 JSON)"},
+    413: {"model": ErrorResponse, "description": "the body is larger than 1 MiB"},
+}
 
 # Responses documented on every authenticated route.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {

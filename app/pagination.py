@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
+MAX_OFFSET = 2**31 - 1  # well inside every database's OFFSET range (a 64-bit integer, with limit added)
 
 ItemT = TypeVar("ItemT")
 RowT = TypeVar("RowT")
@@ -26,7 +27,7 @@ class PageParams:
 
 def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="largest number of items to return")] = DEFAULT_LIMIT,
-    offset: Annotated[int, Query(ge=0, description="number of items to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="number of items to skip")] = 0,
 ) -> PageParams:
     return PageParams(limit=limit, offset=offset)
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from diffaudit.store import ArtifactStore, LocalStore, S3Store
@@ -59,6 +59,33 @@ class Settings(BaseSettings):
         ge=1,
         description="most parameters an uploaded checkpoint may have; validation holds them in float32 in the API",
     )
+
+    # What an evaluation spec may ask for, checked when it is submitted (app.evaluations.validation).
+    weights_dir: Path | None = Field(
+        default=None,
+        description="folder of the weights files a spec may name (features.weights and the other weights fields), "
+        "each named relative to it; unset = specs cannot use weights files",
+    )
+    max_batch_pixels: int = Field(
+        default=2**27,
+        ge=1,
+        description="most values (images x height x width x channels) in one batch a spec sends through the "
+        "checkpoint or an extractor (at the extractor's input size); bounds the time of one forward pass",
+    )
+
+    @model_validator(mode="after")
+    def _weights_apart_from_project_files(self) -> Settings:
+        """A weights folder overlapping the artifact or cache folder would let a spec name another project's files."""
+        if self.weights_dir is not None:
+            weights = self.weights_dir.resolve()
+            for name, folder in (
+                ("DIFFAUDIT_ARTIFACT_DIR", self.artifact_dir),
+                ("DIFFAUDIT_CACHE_DIR", self.cache_dir),
+            ):
+                stored = folder.resolve()
+                if stored.is_relative_to(weights) or weights.is_relative_to(stored):
+                    raise ValueError(f"DIFFAUDIT_WEIGHTS_DIR must not overlap {name} (it holds every project's files)")
+        return self
 
     @field_validator("database_url")
     @classmethod

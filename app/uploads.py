@@ -6,10 +6,9 @@ import re
 from pathlib import Path, PurePosixPath
 
 from fastapi import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import TooLarge, error_response
+from app.errors import BodyTooLarge, TooLarge, too_large_response
 
 UPLOAD_PATHS = frozenset({"/v1/checkpoints", "/v1/datasets"})
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and form fields around the file
@@ -25,11 +24,10 @@ def too_large_message(limit: int) -> str:
     )
 
 
-class UploadTooLarge(HTTPException):
-    """Raised while the body streams in; an HTTPException so FastAPI's body parsing lets it through."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, too_large_message(limit))
+JSON_TOO_LARGE = (
+    f"the request body is larger than {JSON_BODY_LIMIT:,} bytes, the limit of every request except the "
+    "checkpoint and dataset uploads; send a smaller body"
+)
 
 
 class BodySizeLimit:
@@ -39,21 +37,21 @@ class BodySizeLimit:
         self.app = app
         self.max_upload_bytes = max_upload_bytes
 
-    def limit_for(self, scope: Scope) -> tuple[int, int]:
-        """(bytes allowed in the body, limit named in the message) for this request."""
+    def limit_for(self, scope: Scope) -> tuple[int, BodyTooLarge]:
+        """(bytes allowed in the body, the error answering a larger one) for this request."""
         if scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS:
-            return self.max_upload_bytes + MULTIPART_OVERHEAD, self.max_upload_bytes
-        return JSON_BODY_LIMIT, JSON_BODY_LIMIT
+            limit = self.max_upload_bytes
+            return limit + MULTIPART_OVERHEAD, BodyTooLarge(too_large_message(limit), limit)
+        return JSON_BODY_LIMIT, BodyTooLarge(JSON_TOO_LARGE, JSON_BODY_LIMIT)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        allowed, named = self.limit_for(scope)
+        allowed, too_large = self.limit_for(scope)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > allowed:
-            response = error_response(413, "too_large", too_large_message(named), {"limit_bytes": named})
-            await response(scope, receive, send)
+            await too_large_response(too_large)(scope, receive, send)
             return
         received = 0
 
@@ -63,7 +61,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > allowed:
-                    raise UploadTooLarge(named)
+                    raise too_large
             return message
 
         await self.app(scope, counting_receive, send)

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Header, Response, status
 from fastapi.responses import FileResponse
 
 from app.auth import CurrentProject
-from app.dependencies import SessionDep, StoreDep
-from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
+from app.dependencies import IdFilter, ResourceId, SessionDep, SettingsDep, StoreDep
+from app.errors import COMMON_RESPONSES, JSON_BODY_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
 from app.evaluations import service
 from app.evaluations.schemas import (
     ArtifactList,
@@ -34,6 +34,7 @@ router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], responses=COM
     response_model=EvaluationOut,
     status_code=status.HTTP_201_CREATED,
     responses={
+        **JSON_BODY_RESPONSES,
         200: {"model": EvaluationOut, "description": "the job created earlier with this Idempotency-Key"},
         404: {"model": ErrorResponse, "description": "no such checkpoint or dataset in this project"},
         409: {"model": ErrorResponse, "description": "the Idempotency-Key was used for a different request"},
@@ -45,10 +46,11 @@ def create_evaluation(
     project: CurrentProject,
     session: SessionDep,
     response: Response,
+    settings: SettingsDep,
     enqueue: Annotated[Enqueue, Depends(get_enqueue)],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> EvaluationOut:
-    evaluation, created = service.create_evaluation(session, project, body, idempotency_key, enqueue)
+    evaluation, created = service.create_evaluation(session, project, body, idempotency_key, enqueue, settings)
     if not created:
         response.status_code = status.HTTP_200_OK
     return EvaluationOut.model_validate(evaluation)
@@ -68,8 +70,8 @@ def list_evaluations(
     session: SessionDep,
     page: PageDep,
     status: EvaluationStatus | None = None,
-    checkpoint_id: str | None = None,
-    dataset_id: str | None = None,
+    checkpoint_id: IdFilter = None,
+    dataset_id: IdFilter = None,
 ) -> EvaluationPage:
     items, total = service.list_evaluations(
         session, project, page, status=status, checkpoint_id=checkpoint_id, dataset_id=dataset_id
@@ -83,7 +85,7 @@ def list_evaluations(
     response_model=EvaluationOut,
     responses=NOT_FOUND_RESPONSE,
 )
-def get_evaluation(evaluation_id: str, project: CurrentProject, session: SessionDep) -> EvaluationOut:
+def get_evaluation(evaluation_id: ResourceId, project: CurrentProject, session: SessionDep) -> EvaluationOut:
     return EvaluationOut.model_validate(service.get_evaluation(session, project, evaluation_id))
 
 
@@ -93,7 +95,7 @@ def get_evaluation(evaluation_id: str, project: CurrentProject, session: Session
     response_model=dict[str, Any],
     responses={**NOT_FOUND_RESPONSE, 409: {"model": ErrorResponse, "description": "the job has no results yet"}},
 )
-def get_results(evaluation_id: str, project: CurrentProject, session: SessionDep) -> dict[str, Any]:
+def get_results(evaluation_id: ResourceId, project: CurrentProject, session: SessionDep) -> dict[str, Any]:
     return service.get_results(session, project, evaluation_id)
 
 
@@ -105,7 +107,7 @@ def get_results(evaluation_id: str, project: CurrentProject, session: SessionDep
     response_model=EvaluationOut,
     responses={**NOT_FOUND_RESPONSE, 409: {"model": ErrorResponse, "description": "the job already finished"}},
 )
-def cancel_evaluation(evaluation_id: str, project: CurrentProject, session: SessionDep) -> EvaluationOut:
+def cancel_evaluation(evaluation_id: ResourceId, project: CurrentProject, session: SessionDep) -> EvaluationOut:
     return EvaluationOut.model_validate(service.cancel_evaluation(session, project, evaluation_id))
 
 
@@ -115,7 +117,9 @@ def cancel_evaluation(evaluation_id: str, project: CurrentProject, session: Sess
     response_model=ArtifactList,
     responses=NOT_FOUND_RESPONSE,
 )
-def list_artifacts(evaluation_id: str, project: CurrentProject, session: SessionDep, store: StoreDep) -> ArtifactList:
+def list_artifacts(
+    evaluation_id: ResourceId, project: CurrentProject, session: SessionDep, store: StoreDep
+) -> ArtifactList:
     paths = service.list_artifacts(session, project, store, evaluation_id)
     base = f"/v1/evaluations/{evaluation_id}/artifacts"
     return ArtifactList(items=[ArtifactOut(path=p, media_type=service.media_type(p), url=f"{base}/{p}") for p in paths])
@@ -128,7 +132,7 @@ def list_artifacts(evaluation_id: str, project: CurrentProject, session: Session
     responses={**NOT_FOUND_RESPONSE, 200: {"content": {"image/png": {}, "application/json": {}, "text/csv": {}}}},
 )
 def get_artifact(
-    evaluation_id: str, path: str, project: CurrentProject, session: SessionDep, store: StoreDep
+    evaluation_id: ResourceId, path: str, project: CurrentProject, session: SessionDep, store: StoreDep
 ) -> FileResponse:
     local = service.artifact_file(session, project, store, evaluation_id, path)
     return FileResponse(

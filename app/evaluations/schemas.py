@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.dependencies import ID_MAX_LENGTH, ID_PATTERN
 from app.pagination import Page
 from diffaudit.spec import EvaluationSpec
 
@@ -27,8 +28,8 @@ class EvaluationCreate(BaseModel):
         },
     )
 
-    checkpoint_id: str = Field(max_length=32)
-    dataset_id: str = Field(max_length=32)
+    checkpoint_id: str = Field(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)
+    dataset_id: str = Field(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)
     spec: EvaluationSpec = Field(
         default=EvaluationSpec.model_validate({}), description="what to compute; omitted fields take their defaults"
     )

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from app.checkpoints.service import get_checkpoint
 from app.datasets.service import get_dataset
-from app.errors import Conflict, Invalid, NotFound, Unavailable
+from app.errors import Conflict, NotFound, Unavailable
 from app.evaluations.schemas import EvaluationCreate
+from app.evaluations.validation import check_submission
 from app.models import (
     CANCELLED,
     FAILED,
@@ -26,8 +27,6 @@ from app.models import (
     STAGE_DONE,
     STAGE_RUNNING,
     TERMINAL_STATUSES,
-    Checkpoint,
-    Dataset,
     Evaluation,
     EvaluationStage,
     Project,
@@ -36,7 +35,7 @@ from app.models import (
 )
 from app.pagination import PageParams, fetch_page
 from app.queue import RUN_EVALUATION, Enqueue
-from diffaudit.spec import EvaluationSpec
+from app.settings import Settings
 from diffaudit.store import ArtifactStore
 
 MEDIA_TYPES = {
@@ -56,26 +55,6 @@ def job_prefix(evaluation_id: str) -> str:
 
 
 # --- API side ------------------------------------------------------------------------------------
-
-
-def check_compatible(spec: EvaluationSpec, checkpoint: Checkpoint, dataset: Dataset) -> None:
-    """Refuse requests that cannot produce a meaningful evaluation, before anything runs."""
-    label = spec.sample.class_label
-    if label is not None and not checkpoint.num_class_embeds:
-        raise Invalid(
-            f"spec.sample.class_label={label} but checkpoint {checkpoint.id} is not class-conditional; "
-            "remove class_label"
-        )
-    if label is not None and checkpoint.num_class_embeds and label >= checkpoint.num_class_embeds:
-        raise Invalid(
-            f"spec.sample.class_label={label} is out of range: checkpoint {checkpoint.id} has "
-            f"{checkpoint.num_class_embeds} classes (0..{checkpoint.num_class_embeds - 1})"
-        )
-    if dataset.kind == "images" and dataset.item_shape[-1] != checkpoint.out_channels:
-        raise Invalid(
-            f"dataset {dataset.id} has {dataset.item_shape[-1]}-channel images but checkpoint {checkpoint.id} "
-            f"generates {checkpoint.out_channels}-channel images; pick the dataset the model was trained on"
-        )
 
 
 def _same_request(evaluation: Evaluation, request: EvaluationCreate, spec_hash: str) -> bool:
@@ -101,9 +80,15 @@ def _replay(
 
 
 def create_evaluation(
-    session: Session, project: Project, request: EvaluationCreate, idempotency_key: str | None, enqueue: Enqueue
+    session: Session,
+    project: Project,
+    request: EvaluationCreate,
+    idempotency_key: str | None,
+    enqueue: Enqueue,
+    settings: Settings,
 ) -> tuple[Evaluation, bool]:
-    """Store a queued job with its stages, commit, then send it to the workers. Returns (job, created)."""
+    """Check the spec against checkpoint, dataset and server limits, store a queued job with its stages, commit,
+    then send it to the workers. Returns (job, created)."""
     spec_hash = request.spec.spec_hash()
     if idempotency_key is not None:
         existing = _replay(session, project, idempotency_key, request, spec_hash)
@@ -111,7 +96,7 @@ def create_evaluation(
             return existing, False
     checkpoint = get_checkpoint(session, project, request.checkpoint_id)
     dataset = get_dataset(session, project, request.dataset_id)
-    check_compatible(request.spec, checkpoint, dataset)
+    check_submission(request.spec, checkpoint, dataset, settings)
     evaluation = Evaluation(
         id=new_id("ev"),
         project_id=project.id,
@@ -141,8 +126,8 @@ def _send(session: Session, evaluation: Evaluation, enqueue: Enqueue) -> None:
     """Enqueue the committed job; if the broker is unreachable the job fails with a message saying so."""
     try:
         enqueue(RUN_EVALUATION, evaluation.id)
-    except Exception as exc:
-        error = f"the job could not be sent to the workers (broker unreachable: {exc}); submit it again"
+    except Exception as exc:  # the error's text may hold the broker's address and credentials: only its type
+        error = f"the job could not be sent to the workers (broker unreachable: {type(exc).__name__}); submit it again"
         finish(session, evaluation.id, FAILED, error=error)
         raise Unavailable(error) from exc
 

@@ -1,20 +1,22 @@
 """The extractor registry: names -> extractors, with local weights or a seeded random init.
 
 Weights are only ever read from local files (`.safetensors` preferred; `.pth`/`.pt`/`.bin`
-through `torch.load(weights_only=True)`), and their sha256 goes into the extractor's cache
-key. Without weights a network is initialised from `seed` (the IRS supplement, Sec. 14,
-finds a randomly initialised Inception-v3 the most diversity-preserving extractor). Nothing
-is downloaded, except a timm `hf-hub:` model when the caller passes allow_downloads=True
-(the worker's DIFFAUDIT_ALLOW_DOWNLOADS setting).
+through `torch.load(weights_only=True)`) inside the operator's weights folder (`weights_dir`, the
+worker's DIFFAUDIT_WEIGHTS_DIR setting): a spec names them relative to it, and nothing outside it is
+read. Their sha256 goes into the extractor's cache key. Without weights a network is initialised
+from `seed` (the IRS supplement, Sec. 14, finds a randomly initialised Inception-v3 the most
+diversity-preserving extractor). Nothing is downloaded, except a timm `hf-hub:` model when
+the caller passes allow_downloads=True (the worker's DIFFAUDIT_ALLOW_DOWNLOADS setting).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -37,10 +39,11 @@ from diffaudit.features.extractors import (
 TIMM_PREFIX = "timm:"
 HUB_PREFIX = "hf-hub:"
 DOWNLOADS_SETTING = "DIFFAUDIT_ALLOW_DOWNLOADS"
+WEIGHTS_DIR_SETTING = "DIFFAUDIT_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
-class UnknownExtractor(ValueError):
+class UnknownExtractor(InvalidInput):
     """No extractor has this name."""
 
 
@@ -138,14 +141,14 @@ def create_extractor(
     seed: int = 0,
     device: torch.device | None = None,
     allow_downloads: bool = False,
+    weights_dir: Path | None = None,
 ) -> Extractor:
-    """The extractor called `name`, with weights from a local file or (weights=None) initialised from `seed`."""
+    """The extractor called `name`, with weights named relative to `weights_dir` or (weights=None) seeded."""
+    path = extractor_weights_path(name, weights, weights_dir=weights_dir, allow_downloads=allow_downloads)
     device = device or pick_device()
     if name == "pixels":
-        _refuse_weights(name, weights)
         return PixelExtractor()
     if name == "random-cnn":
-        _refuse_weights(name, weights)
         return NetworkExtractor(
             name=name,
             network=seeded(random_cnn, seed),
@@ -159,10 +162,71 @@ def create_extractor(
             device=device,
         )
     if name in TORCHVISION_MODELS:
-        return _torchvision_extractor(name, weights, seed, device)
-    if name.startswith(TIMM_PREFIX):
-        return _timm_extractor(name.removeprefix(TIMM_PREFIX), weights, seed, device, allow_downloads)
-    raise UnknownExtractor(f"unknown extractor {name!r}; choose one of {available_extractors()} or 'timm:<model_name>'")
+        return _torchvision_extractor(name, path, seed, device)
+    return _timm_extractor(name.removeprefix(TIMM_PREFIX), path, seed, device)
+
+
+def extractor_weights_path(
+    name: str, weights: str | Path | None, *, weights_dir: Path | None, allow_downloads: bool
+) -> Path | None:
+    """Check an extractor choice without building anything; returns its weights file (None without weights).
+
+    Raises UnknownExtractor for a name no extractor has, InvalidWeights for weights it cannot use.
+    """
+    if name in ("pixels", "random-cnn"):
+        _refuse_weights(name, weights)
+        return None
+    if name in TORCHVISION_MODELS:
+        return None if weights is None else local_weights_path(weights, weights_dir=weights_dir)
+    if not name.startswith(TIMM_PREFIX):
+        raise UnknownExtractor(
+            f"unknown extractor {name!r}; choose one of {available_extractors()} or 'timm:<model_name>'"
+        )
+    import timm
+
+    model_name = name.removeprefix(TIMM_PREFIX)
+    if model_name.startswith(HUB_PREFIX):
+        if not allow_downloads:
+            raise InvalidWeights(
+                f"{name} would download weights from the Hugging Face hub, and downloads are disabled; "
+                f"set {DOWNLOADS_SETTING}=1 on the worker, or have the operator put the weights file in the "
+                f"weights folder and use timm:<architecture> with that file as weights"
+            )
+        _refuse_weights(name, weights)
+        return None
+    if not timm.is_model(model_name):
+        raise UnknownExtractor(f"timm has no model {model_name!r}; see timm.list_models()")
+    return None if weights is None else local_weights_path(weights, weights_dir=weights_dir)
+
+
+def extractor_dim(name: str, image_shape: tuple[int, ...]) -> int | None:
+    """The feature dimension of a known extractor on images of shape (H, W, C), when known without building it
+    (None for timm models)."""
+    if name == "pixels":
+        return math.prod(image_shape)
+    if name == "random-cnn":
+        return RANDOM_CNN_DIM
+    if name in TORCHVISION_MODELS:
+        return TORCHVISION_MODELS[name].dim
+    return None
+
+
+def extractor_input_size(name: str, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The (H, W, C) shape a known extractor's network processes, from its registry entry (timm: its default
+    pretrained config) without building it; `image_shape` for pixels and hub models."""
+    if name == "random-cnn":
+        return (RANDOM_CNN_SIZE, RANDOM_CNN_SIZE, 3)
+    if name in TORCHVISION_MODELS:
+        size = TORCHVISION_MODELS[name].input_size
+        return (size, size, 3)
+    if name.startswith(TIMM_PREFIX) and not name.startswith(TIMM_PREFIX + HUB_PREFIX):
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+        if cfg is not None:
+            channels, height, width = cfg.input_size
+            return (height, width, channels)
+    return image_shape
 
 
 def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -177,13 +241,12 @@ def _refuse_weights(name: str, weights: str | Path | None) -> None:
         raise InvalidWeights(f"extractor {name!r} takes no weights; remove weights or choose a pretrained extractor")
 
 
-def _torchvision_extractor(name: str, weights: str | Path | None, seed: int, device: torch.device) -> Extractor:
+def _torchvision_extractor(name: str, path: Path | None, seed: int, device: torch.device) -> Extractor:
     model = TORCHVISION_MODELS[name]
-    path = None if weights is None else local_weights_path(weights)
     state_dict = None if path is None else read_state_dict(path)  # a bad file is refused before the network is built
     network = seeded(model.build, seed)
-    if state_dict is not None:
-        _load_strict(network, state_dict, f"{path} does not fit torchvision's {name}")
+    if path is not None and state_dict is not None:
+        _load_strict(network, state_dict, f"weights file {path.name!r} does not fit torchvision's {name}")
     return NetworkExtractor(
         name=name,
         network=model.feature_network(network),
@@ -208,29 +271,17 @@ def _load_strict(network: nn.Module, state_dict: dict[str, torch.Tensor], proble
         ) from exc
 
 
-def _timm_extractor(
-    model_name: str, weights: str | Path | None, seed: int, device: torch.device, allow_downloads: bool
-) -> Extractor:
+def _timm_extractor(model_name: str, path: Path | None, seed: int, device: torch.device) -> Extractor:
     import timm
 
     network: Any  # a timm model: pretrained_cfg, num_features and head_hidden_size are timm attributes
     weights_sha256 = None
     if model_name.startswith(HUB_PREFIX):
-        if not allow_downloads:
-            raise InvalidWeights(
-                f"timm:{model_name} would download weights from the Hugging Face hub, and downloads are disabled; "
-                f"set {DOWNLOADS_SETTING}=1 on the worker, or save the weights to a local file and use "
-                f"timm:<architecture> with that file as weights"
-            )
-        _refuse_weights(f"{TIMM_PREFIX}{model_name}", weights)
         network = timm.create_model(model_name, pretrained=True, num_classes=0)
         weights_sha256 = state_dict_sha256(network)
-    elif not timm.is_model(model_name):
-        raise UnknownExtractor(f"timm has no model {model_name!r}; see timm.list_models()")
-    elif weights is None:
+    elif path is None:
         network = seeded(lambda: timm.create_model(model_name, pretrained=False, num_classes=0), seed)
     else:
-        path = local_weights_path(weights)
         network = _timm_from_file(model_name, path)
         weights_sha256 = file_sha256(path)
     cfg: dict[str, Any] = network.pretrained_cfg
@@ -257,28 +308,43 @@ def _timm_from_file(model_name: str, path: Path) -> nn.Module:
     missing = sorted(set(skeleton.state_dict()) - set(state_dict))
     if missing:
         raise InvalidWeights(
-            f"{path} lacks {len(missing)} weights of timm's {model_name} (e.g. {missing[:3]}); "
+            f"weights file {path.name!r} lacks {len(missing)} weights of timm's {model_name} (e.g. {missing[:3]}); "
             f"give the state dict of timm.create_model({model_name!r})"
         )
     try:
         return timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
     except RuntimeError as exc:
-        raise InvalidWeights(f"{path} does not fit timm's {model_name}: {_shorten(exc)}") from exc
+        raise InvalidWeights(f"weights file {path.name!r} does not fit timm's {model_name}: {_shorten(exc)}") from exc
 
 
-def local_weights_path(weights: str | Path) -> Path:
-    """The weights as an existing local file with a known extension, or InvalidWeights saying what is wrong."""
+def local_weights_path(weights: str | Path, *, weights_dir: Path | None = None) -> Path:
+    """The file named `weights` inside the operator's weights folder, or InvalidWeights saying what is wrong.
+
+    Names are relative to `weights_dir` (None: no weights files are allowed). An absolute name, a '..', a symlink
+    leaving the folder and a missing file get the same message, which never tells whether a file exists elsewhere.
+    """
     text = str(weights)
     if text.startswith(HUB_PREFIX) or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         raise InvalidWeights(
-            f"weights {text!r} is a remote reference; weights are read only from local files on the worker "
+            f"weights {text!r} is a remote reference; weights are read only from the worker's weights folder "
             f"(for a timm hub model use the extractor 'timm:hf-hub:<repo>' with {DOWNLOADS_SETTING}=1)"
         )
-    path = Path(weights)
-    if not path.is_file():
-        raise InvalidWeights(f"weights file {path} does not exist on the worker; give the path of a local file")
-    if path.suffix.lower() not in WEIGHT_SUFFIXES:
-        raise InvalidWeights(f"weights file {path} has an unknown format; use one of {list(WEIGHT_SUFFIXES)}")
+    if PurePosixPath(text).suffix.lower() not in WEIGHT_SUFFIXES:
+        raise InvalidWeights(f"weights {text!r} has an unknown format; use one of {list(WEIGHT_SUFFIXES)}")
+    unavailable = InvalidWeights(
+        f"weights {text!r} is not a file of the weights folder; name a file relative to that folder (the operator "
+        f"provides the folder with {WEIGHTS_DIR_SETTING}; without it no weights files can be used)"
+    )
+    name = PurePosixPath(text)
+    if weights_dir is None or name.is_absolute() or "\\" in text or any(part == ".." for part in name.parts):
+        raise unavailable
+    try:
+        root = weights_dir.resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise unavailable
+    except (OSError, ValueError) as exc:  # a name the file system cannot take (too long, a NUL byte, a loop)
+        raise unavailable from exc
     return path
 
 
@@ -288,12 +354,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state_dict = _load_tensors(path)
     except Exception as exc:  # a damaged or foreign file can fail in many ways; all mean the same to the user
         raise InvalidWeights(
-            f"{path} is not a readable {path.suffix} weights file ({type(exc).__name__}: {_shorten(exc)}); "
+            f"weights file {path.name!r} is not a readable {path.suffix} weights file ({type(exc).__name__}); "
             f"save weights with safetensors.torch.save_file(model.state_dict(), path)"
         ) from exc
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise InvalidWeights(
-            f"{path} holds a {type(state_dict).__name__} that is not a state dict of tensors; "
+            f"weights file {path.name!r} holds a {type(state_dict).__name__} that is not a state dict of tensors; "
             f"save model.state_dict() itself, not a training checkpoint around it"
         )
     return state_dict

@@ -134,3 +134,15 @@ def page_ids(client: TestClient, path: str, headers: dict[str, str], limit: int)
         ids += [item["id"] for item in page["items"]]
     assert totals == {len(ids)}
     return ids
+
+
+HUGE_OFFSETS = [2**31, 2**63 - 1, 2**63, 10**30]
+LIST_PATHS = ["/v1/evaluations", "/v1/checkpoints", "/v1/datasets"]
+
+
+def assert_offsets_are_bounded(client: TestClient, headers: dict[str, str]) -> None:
+    """Every list answers the largest allowed offset with an empty page, and a larger one with a 422 (not a 500)."""
+    for path in LIST_PATHS:
+        assert get_page(client, path, headers, offset=2**31 - 1)["items"] == []
+        for offset in HUGE_OFFSETS:
+            assert_bad_page_refused(client.get(path, headers=headers, params={"offset": offset}), {"offset": offset})

@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from app_helpers import BAD_PAGE_PARAMS, EnqueueRecorder, TinyCheckpoint, assert_bad_page_refused, upload_checkpoint
+from app_helpers import (
+    BAD_PAGE_PARAMS,
+    EnqueueRecorder,
+    TinyCheckpoint,
+    assert_bad_page_refused,
+    assert_offsets_are_bounded,
+    upload_checkpoint,
+)
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -149,6 +156,11 @@ def test_pagination_and_filters(
     assert client.get("/v1/evaluations", headers=auth, params={"status": "bogus"}).status_code == 422
     for params in BAD_PAGE_PARAMS:
         assert_bad_page_refused(client.get("/v1/evaluations", headers=auth, params=params), params)
+
+
+def test_huge_offsets_are_refused_on_every_list(client: TestClient, auth: dict[str, str], checkpoint_id: str) -> None:
+    submit(client, auth, checkpoint_id)
+    assert_offsets_are_bounded(client, auth)
 
 
 def test_cancel(client: TestClient, auth: dict[str, str], checkpoint_id: str, session: Session) -> None:

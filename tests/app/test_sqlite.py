@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_helpers import EnqueueRecorder, TinyCheckpoint, upload_checkpoint
+from app_helpers import EnqueueRecorder, TinyCheckpoint, assert_offsets_are_bounded, upload_checkpoint
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -45,6 +45,7 @@ def test_service_on_sqlite(tmp_path: Path, tiny_checkpoint: TinyCheckpoint) -> N
         state = client.get(f"/v1/evaluations/{job['id']}", headers=headers).json()
         assert (state["status"], state["stages"][0]["done"], state["stages"][0]["total"]) == ("succeeded", 4, 4)
         assert state["finished_at"].endswith("Z")  # timezone-aware on SQLite too
+        assert_offsets_are_bounded(client, headers)
     with sessions() as session:  # foreign keys are enforced
         session.add(
             Evaluation(project_id="pr_none", checkpoint_id="ck_none", dataset_id="digits", spec={}, spec_hash="")

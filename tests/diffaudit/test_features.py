@@ -184,7 +184,7 @@ def test_torchvision_weights_from_a_local_file(tmp_path, suffix):
         save_file(model.state_dict(), path)
     else:
         torch.save(model.state_dict(), path)
-    loaded = create_extractor("squeezenet1_1", weights=path, seed=0, device=CPU)
+    loaded = create_extractor("squeezenet1_1", weights=path.name, weights_dir=tmp_path, seed=0, device=CPU)
     in_memory = create_extractor("squeezenet1_1", seed=3, device=CPU)
     images = digits(2)
     np.testing.assert_allclose(loaded(images), in_memory(images), rtol=1e-5, atol=1e-6)
@@ -199,14 +199,14 @@ def test_torchvision_weights_of_the_wrong_shape_are_refused(tmp_path):
     path = tmp_path / "bad.safetensors"
     save_file(state, path)
     with pytest.raises(InvalidWeights, match=r"does not fit torchvision's squeezenet1_1.*size mismatch"):
-        create_extractor("squeezenet1_1", weights=path, device=CPU)
+        create_extractor("squeezenet1_1", weights=path.name, weights_dir=tmp_path, device=CPU)
 
 
 def test_weights_of_another_model_are_refused(tmp_path):
     path = tmp_path / "resnet.safetensors"
     save_file({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(InvalidWeights, match="Missing key"):
-        create_extractor("squeezenet1_1", weights=path, device=CPU)
+        create_extractor("squeezenet1_1", weights=path.name, weights_dir=tmp_path, device=CPU)
 
 
 class NotWeights:
@@ -225,26 +225,26 @@ def test_unreadable_weight_files_are_refused(tmp_path, filename, content, messag
     path = tmp_path / filename
     path.write_bytes(content)
     with pytest.raises(InvalidWeights, match=message):
-        create_extractor("alexnet", weights=path, device=CPU)
+        create_extractor("alexnet", weights=path.name, weights_dir=tmp_path, device=CPU)
 
 
 def test_pickled_objects_are_not_loaded(tmp_path):
     path = tmp_path / "w.pt"
     torch.save({"model": NotWeights()}, path)  # weights_only=True refuses arbitrary classes
     with pytest.raises(InvalidWeights, match=r"not a readable \.pt weights file"):
-        create_extractor("squeezenet1_1", weights=path, device=CPU)
+        create_extractor("squeezenet1_1", weights=path.name, weights_dir=tmp_path, device=CPU)
 
 
 def test_a_checkpoint_around_a_state_dict_is_refused_with_advice(tmp_path):
     path = tmp_path / "w.pt"
     torch.save({"state_dict": {"a": torch.zeros(1)}, "epoch": 3}, path)
     with pytest.raises(InvalidWeights, match=r"save model.state_dict\(\) itself"):
-        create_extractor("squeezenet1_1", weights=path, device=CPU)
+        create_extractor("squeezenet1_1", weights=path.name, weights_dir=tmp_path, device=CPU)
 
 
 def test_missing_weights_file_is_refused(tmp_path):
-    with pytest.raises(InvalidWeights, match="does not exist on the worker"):
-        create_extractor("squeezenet1_1", weights=tmp_path / "nowhere.safetensors", device=CPU)
+    with pytest.raises(InvalidWeights, match="is not a file of the weights folder"):
+        create_extractor("squeezenet1_1", weights="nowhere.safetensors", weights_dir=tmp_path, device=CPU)
 
 
 @pytest.mark.parametrize("weights", ["https://example.com/w.pth", "hf-hub:timm/resnet18.a1_in1k", "s3://b/w.pt"])
@@ -256,7 +256,7 @@ def test_remote_weights_are_refused(weights):
 @pytest.mark.parametrize("name", ["pixels", "random-cnn"])
 def test_weightless_extractors_refuse_weights(tmp_path, name):
     with pytest.raises(InvalidWeights, match="takes no weights"):
-        create_extractor(name, weights=tmp_path / "w.safetensors", device=CPU)
+        create_extractor(name, weights="w.safetensors", weights_dir=tmp_path, device=CPU)
 
 
 # ---------------------------------------------------------------- timm
@@ -266,7 +266,7 @@ def test_timm_weights_from_a_local_safetensors_file(tmp_path):
     model: Any = seeded(lambda: timm.create_model("test_resnet", pretrained=False), 5)  # with its 1000-class head
     path = tmp_path / "test_resnet.safetensors"
     save_file(model.state_dict(), path)
-    extractor = create_extractor("timm:test_resnet", weights=path, device=CPU)
+    extractor = create_extractor("timm:test_resnet", weights=path.name, weights_dir=tmp_path, device=CPU)
     assert isinstance(extractor, NetworkExtractor)
     images = digits(2)
     model.reset_classifier(0)
@@ -293,7 +293,7 @@ def test_timm_weights_of_another_model_are_refused(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file(timm.create_model("test_efficientnet", pretrained=False).state_dict(), path)
     with pytest.raises(InvalidWeights, match=r"lacks \d+ weights of timm's test_resnet"):
-        create_extractor("timm:test_resnet", weights=path, device=CPU)
+        create_extractor("timm:test_resnet", weights=path.name, weights_dir=tmp_path, device=CPU)
 
 
 def test_timm_weights_of_the_wrong_shape_are_refused(tmp_path):
@@ -302,7 +302,7 @@ def test_timm_weights_of_the_wrong_shape_are_refused(tmp_path):
     path = tmp_path / "bad.safetensors"
     save_file(state, path)
     with pytest.raises(InvalidWeights, match="does not fit timm's test_resnet"):
-        create_extractor("timm:test_resnet", weights=path, device=CPU)
+        create_extractor("timm:test_resnet", weights=path.name, weights_dir=tmp_path, device=CPU)
 
 
 def test_timm_hub_models_need_downloads_allowed(monkeypatch):
