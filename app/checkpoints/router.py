@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from app.auth import CurrentProject
 from app.checkpoints import service
 from app.checkpoints.schemas import CheckpointOut, CheckpointPage, CheckpointUploadOut
-from app.dependencies import SessionDep, SettingsDep, StoreDep
+from app.dependencies import ResourceId, SessionDep, SettingsDep, StoreDep
 from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, BadRequest, ErrorResponse
 from app.pagination import PageDep
 from app.uploads import spool_upload
@@ -79,5 +79,5 @@ def list_checkpoints(project: CurrentProject, session: SessionDep, page: PageDep
 
 
 @router.get("/{checkpoint_id}", summary="One checkpoint", response_model=CheckpointOut, responses=NOT_FOUND_RESPONSE)
-def get_checkpoint(checkpoint_id: str, project: CurrentProject, session: SessionDep) -> CheckpointOut:
+def get_checkpoint(checkpoint_id: ResourceId, project: CurrentProject, session: SessionDep) -> CheckpointOut:
     return CheckpointOut.model_validate(service.get_checkpoint(session, project, checkpoint_id))

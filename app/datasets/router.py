@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from app.auth import CurrentProject
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, DatasetPage
-from app.dependencies import SessionDep, SettingsDep, StoreDep
+from app.dependencies import ResourceId, SessionDep, SettingsDep, StoreDep
 from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
 from app.pagination import PageDep
 from app.uploads import spool_upload
@@ -72,5 +72,5 @@ def list_datasets(project: CurrentProject, session: SessionDep, page: PageDep) -
 
 
 @router.get("/{dataset_id}", summary="One dataset", response_model=DatasetOut, responses=NOT_FOUND_RESPONSE)
-def get_dataset(dataset_id: str, project: CurrentProject, session: SessionDep) -> DatasetOut:
+def get_dataset(dataset_id: ResourceId, project: CurrentProject, session: SessionDep) -> DatasetOut:
     return DatasetOut.model_validate(service.get_dataset(session, project, dataset_id))

@@ -70,6 +70,8 @@ def test_an_undecodable_json_body_is_a_listed_400(client: TestClient, auth: dict
     "url",
     [
         "/v1/evaluations/ev%00x",
+        "/v1/checkpoints/ck%00x",
+        "/v1/datasets/ds%00x",
         "/v1/evaluations/ev%00x/results",
         "/v1/evaluations/ev%00x/artifacts",
         "/v1/evaluations/ev%00x/artifacts/sample/grid.png",
