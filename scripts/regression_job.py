@@ -4,7 +4,7 @@
 with one thread and fixed seeds, and writes into OUT:
   results.json  the results documents (timings removed), one per job; a rejected job's reason and evidence
   arrays.json   the sha256 of every stored .npy array (job folders and the shared cache), by key
-  files.json    the sha256 of every other stored file (PNG, CSV, zip, JSON), for information
+  files.json    the sha256 of every other stored file but JSON (PNG, CSV, zip), for information
 The jobs: "all" runs every stage (early rejection off, so that every stage runs); "early" runs the irs stage
 with early rejection while sampling.
 `compare A B` prints the differences between two such folders and exits 1 if results or arrays differ
@@ -68,7 +68,7 @@ EARLY_REJECTION = {
     "irs": {"early_rejection": True, "target": 0.9},
 }
 JOBS = {"all": ALL_STAGES, "early": EARLY_REJECTION}
-TIMING = re.compile(r"seconds|per_second")
+TIMING = re.compile(r"seconds|per_second|^reduction$")  # guided cost: reduction is a ratio of timings
 SPEED = re.compile(r", [0-9.]+ images/s")
 
 
@@ -108,7 +108,7 @@ def record(out: Path) -> None:
     }
     files = sorted(p for p in store_root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
     arrays = {str(p.relative_to(store_root)): sha256(p) for p in files if p.suffix == ".npy"}
-    others = {str(p.relative_to(store_root)): sha256(p) for p in files if p.suffix != ".npy"}
+    others = {str(p.relative_to(store_root)): sha256(p) for p in files if p.suffix not in (".npy", ".json")}
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     (out / "arrays.json").write_text(json.dumps(arrays, indent=1, sort_keys=True) + "\n")
     (out / "files.json").write_text(json.dumps(others, indent=1, sort_keys=True) + "\n")
