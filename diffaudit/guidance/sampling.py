@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from diffaudit.guidance.classifier import TimeConditionedCNN
 from diffaudit.guidance.losses import (
     GradientNorm,
     discriminator_guidance_loss,
@@ -47,6 +46,7 @@ from diffaudit.guidance.losses import (
     normalize_gradient,
 )
 from diffaudit.metrics.density import ClassGaussians
+from diffaudit.models.guidance import TimeConditionedCNN
 
 # diffusers' schedulers (Scheduler subclasses) are opaque to mypy: typed as Any here.
 Scheduler = Any

@@ -16,6 +16,7 @@ from diffaudit.datasets import Dataset, write_builtin_dataset
 from diffaudit.metrics.augmentation import CONDITIONS, overall_accuracy, per_class_accuracy
 from diffaudit.pipeline import StageContext, run
 from diffaudit.spec import AugmentationSpec, EvaluationSpec
+from diffaudit.stages import artifacts
 from diffaudit.stages.augmentation import AugmentationStage
 from diffaudit.store import LocalStore, ScopedStore, load_array, load_json, save_array, save_json
 
@@ -34,7 +35,7 @@ def sampled(tmp_path_factory: pytest.TempPathFactory, tiny_demo_model: Path) -> 
     root = tmp_path_factory.mktemp("sampled")
     spec = EvaluationSpec(stages=("sample",), sample={"n": N_SAMPLES, "steps": 10})
     job = run_on_digits(spec, tiny_demo_model, root, "sample").job
-    save_array(job, augmentation.DS_KEY, stand_in_outside(N_SAMPLES))
+    save_array(job, artifacts.DS_KEY, stand_in_outside(N_SAMPLES))
     save_json(job, "novelty/result.json", {"stand_in": True})
     return root
 
@@ -169,7 +170,7 @@ def test_full_pipeline_with_the_novelty_stage(tmp_path: Path, tiny_demo_model: P
     results = run(spec, checkpoint_dir=tiny_demo_model, dataset=dataset, store=store, job_prefix=JOB)
     summary = results["stages"]["augmentation"]
     job = ScopedStore(store, JOB)
-    ds, labels = load_array(job, augmentation.DS_KEY), load_array(job, augmentation.LABELS_KEY)
+    ds, labels = load_array(job, artifacts.DS_KEY), load_array(job, artifacts.SAMPLE_LABELS_KEY)
     extra_ds = load_array(job, f"{augmentation.EXTRA_PREFIX}/00000000_ds.npy")
     assert summary["extra_samples"] == 8 and summary["extra_ds"] == int(extra_ds.sum())
     assert summary["ds_available"] == int(np.sum(ds & (labels == 3))) + summary["extra_ds"]

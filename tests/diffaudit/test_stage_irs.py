@@ -16,6 +16,7 @@ from diffaudit.metrics.irs import irs_adjusted, irs_per_class, irs_summary, k_mi
 from diffaudit.metrics.occupancy import occupancy_cdf
 from diffaudit.pipeline import Rejected, StageContext, run
 from diffaudit.spec import EvaluationSpec
+from diffaudit.stages import early_rejection
 from diffaudit.stages.sample import SampleStage, batch_key
 from diffaudit.store import LocalStore, ScopedStore, load_array, load_json, save_array
 
@@ -150,7 +151,7 @@ def collapsed_batch(ctx: StageContext, size: int) -> np.ndarray:
 
 def test_monitor_rejects_a_collapsed_model_at_the_first_look_with_the_evidence(monitored) -> None:
     ctx = monitored
-    monitor = irs_stage.early_rejection_monitor(ctx)
+    monitor = early_rejection.early_rejection_monitor(ctx)
     assert monitor is not None
     first = sequential_schedule(1438, 256, 0.8)[0]  # look at ceil(sqrt(s_d)) samples, s_d = ceil(0.8 * 1438) = 1151
     assert first["samples"] == 34
@@ -166,7 +167,7 @@ def test_monitor_rejects_a_collapsed_model_at_the_first_look_with_the_evidence(m
     assert evidence["k_min"] == k_min(1438, 256, 0.8) and evidence["target"] == 0.8 and evidence["rule"] == "sequential"
     assert "34 samples" in rejected.value.reason
     assert ctx.job.get_bytes(irs_stage.CURVE_KEY)[:8] == PNG
-    assert load_array(ctx.job, irs_stage.EARLY_NEAREST_KEY).tolist() == [0] * 64
+    assert load_array(ctx.job, early_rejection.EARLY_NEAREST_KEY).tolist() == [0] * 64
 
 
 def test_sample_stage_replays_stored_batches_into_the_monitor_and_rejects_the_same_way(monitored) -> None:
@@ -184,9 +185,9 @@ def test_sample_stage_replays_stored_batches_into_the_monitor_and_rejects_the_sa
 def test_no_monitor_without_the_irs_stage_or_with_early_rejection_off(monitored) -> None:
     ctx = monitored
     ctx.spec = EvaluationSpec(stages=("features",))
-    assert irs_stage.early_rejection_monitor(ctx) is None
+    assert early_rejection.early_rejection_monitor(ctx) is None
     ctx.spec = EvaluationSpec(stages=("irs",), irs={"early_rejection": False})
-    assert irs_stage.early_rejection_monitor(ctx) is None
+    assert early_rejection.early_rejection_monitor(ctx) is None
 
 
 def test_cli_irs_threshold_and_irs_print_the_metric_functions_json(
