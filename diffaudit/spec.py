@@ -34,7 +34,6 @@ STAGE_ORDER: tuple[str, ...] = (
 # of a job valid for torch, numpy and scikit-learn alike (numpy's legacy seeds stop at 2^32 - 1).
 MAX_SEED = 2**31 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-NOVELTY_MIN_SAMPLES = 8
 
 
 class _Frozen(BaseModel):
@@ -158,7 +157,7 @@ class GuidedSpec(_StageSpec):
     @model_validator(mode="after")
     def _paired(self) -> GuidedSpec:
         if not self.grid and len(self.alphas) != len(self.betas):
-            raise ValueError("alphas and betas must have the same length (pairs), or set grid to true")
+            raise InvalidInput("alphas and betas must have the same length (pairs), or set grid to true")
         return self
 
 
@@ -212,6 +211,10 @@ class NoveltySpec(_StageSpec):
     )
     zip_limit: int = Field(1000, ge=0, le=100_000, description="at most this many DS images in the zip (best first)")
 
+    def min_samples(self) -> int:
+        """The fewest samples the stage can measure: two half-samples of entropy_k + 1 points (k-NN estimators)."""
+        return 2 * (self.entropy_k + 1)
+
 
 class AugmentationSpec(_StageSpec):
     """The `augmentation` stage: a classifier trained with and without generated samples and DS ("The deficit of
@@ -232,7 +235,7 @@ class AugmentationSpec(_StageSpec):
     @model_validator(mode="after")
     def _fraction_needs_class(self) -> AugmentationSpec:
         if self.minority_keep_fraction < 1 and self.minority_class is None:
-            raise ValueError("minority_keep_fraction below 1 needs minority_class (the class to make a minority)")
+            raise InvalidInput("minority_keep_fraction below 1 needs minority_class (the class to make a minority)")
         return self
 
     def requires(self) -> tuple[str, ...]:
@@ -311,10 +314,11 @@ class EvaluationSpec(_Frozen):
     def _close_stages(self) -> EvaluationSpec:
         """Add the prerequisites each requested stage's sub-spec names, in running order; check what they need."""
         object.__setattr__(self, "stages", close_stages(self))  # frozen: set once, while validating
-        if "novelty" in self.stages and self.sample.n < NOVELTY_MIN_SAMPLES:
+        if "novelty" in self.stages and self.sample.n < self.novelty.min_samples():
             raise InvalidInput(
-                f"the novelty stage needs at least {NOVELTY_MIN_SAMPLES} samples (its entropy and KL estimates "
-                f"compare half-samples): raise sample.n"
+                f"the novelty stage needs at least {self.novelty.min_samples()} samples with novelty.entropy_k = "
+                f"{self.novelty.entropy_k} (its entropy and KL spreads use half-samples of entropy_k + 1 points "
+                f"or more): raise sample.n or lower novelty.entropy_k"
             )
         return self
 

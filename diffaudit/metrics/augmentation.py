@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from diffaudit.errors import InvalidInput
+
 CONDITIONS = ("original", "generated", "diverse")  # paper Table 2: OI Acc, VGS Acc, DS Acc
 
 
@@ -68,7 +70,7 @@ def keep_fraction_of_class(labels: np.ndarray, class_index: int, fraction: float
     labels = np.asarray(labels)
     members = np.flatnonzero(labels == class_index)
     if len(members) == 0:
-        raise ValueError(f"class {class_index} has no training images")
+        raise InvalidInput(f"class {class_index} has no training images")
     kept = np.random.default_rng(seed).choice(members, size=max(1, round(fraction * len(members))), replace=False)
     keep = labels != class_index
     keep[kept] = True

@@ -1,4 +1,5 @@
-"""What stages hand to each other: the keys of the shared artifacts, typed accessors, typed summaries.
+"""What stages hand to each other: the keys of the shared artifacts and typed accessors (typed summaries are in
+diffaudit.stages.summaries).
 
 A stage reads another stage's output only through this module, so every key is spelled once and no stage
 decodes another's summary by hand. A missing artifact is a defect (a stage ran before its prerequisite), raised
@@ -10,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from diffaudit.features.extractors import Extractor
 from diffaudit.features.registry import create_extractor
 from diffaudit.stages.base import StageContext
+from diffaudit.stages.summaries import FeaturesSummary, StageSummary
 from diffaudit.store import load_array
 
 SAMPLES_KEY = "sample/images.npy"  # (N, H, W, C) uint8, sample i from seed + i
@@ -27,46 +28,6 @@ DS_KEY = "novelty/ds.npy"  # (N,) bool: diverse sample by the majority of the t-
 
 class MissingStageResult(LookupError):
     """A stage asked for the summary of a stage that has not run in this job (a defect of the stage order)."""
-
-
-class StageSummary(BaseModel):
-    """What every stage's summary has: a one-line headline (the CLI prints it)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    headline: str = ""
-    seconds: float | None = None  # the stage's run time, added by the pipeline
-
-
-class FeaturesSummary(StageSummary):
-    """The features stage's summary, as the stages after it read it."""
-
-    extractor: str
-    cache_key: str
-    training_features_key: str | None  # None: the dataset holds its own features
-
-
-class IRSQuantities(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    irs_inf: float
-    irs_inf_lower: float
-    irs_inf_upper: float
-    n_learned: int
-    n_sample: int
-    n_train: int
-    s_hat: float
-
-
-class IRSSummary(StageSummary):
-    """The irs stage's summary, as the gate reads it."""
-
-    passed: bool
-    target: float
-    k_min: int
-    decision: dict[str, Any]
-    synthetic: IRSQuantities
-    adjusted: dict[str, Any] = {}
 
 
 def stage_result(ctx: StageContext, stage: str) -> dict[str, Any]:
@@ -113,7 +74,7 @@ def dataset_features(ctx: StageContext) -> np.ndarray:
 def dataset_features_name(ctx: StageContext) -> str:
     """A name of those features for cache keys: the extractor's cache key, or "dataset-features"."""
     summary = features_summary(ctx)
-    return "dataset-features" if summary.training_features_key is None else summary.cache_key
+    return summary.cache_key if summary.training_features_key is not None and summary.cache_key else "dataset-features"
 
 
 def diverse_samples(ctx: StageContext) -> np.ndarray:
