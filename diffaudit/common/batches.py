@@ -1,7 +1,7 @@
 """Resumable sampling: draw samples batch by batch into a store, resume after an interruption, assemble them.
 
-Each batch is stored as `<batches>/<start:08d>.npy` (with the seconds it took in `.json`) as soon as it is drawn,
-so a job killed mid-way resumes at its first missing batch; since sample i depends only on seed + i, the result
+Each batch is stored as `<batches>/<start:08d>.npy` (the seconds it took in `<batches>_seconds/`) as soon as it is
+drawn, so a job killed mid-way resumes at its first missing batch; since sample i depends only on seed + i, the result
 equals an uninterrupted run. At the end the batches are copied, in order, into one (N, H, W, C) uint8 array
 through a memory map (memory does not grow with N), stored under `images_key`, and the batches are deleted.
 """
@@ -41,8 +41,12 @@ class Batches:
     def batch_key(self, start: int) -> str:
         return batch_key(self.batches_prefix, start)
 
+    @property
+    def seconds_prefix(self) -> str:
+        return f"{self.batches_prefix}_seconds"
+
     def seconds_key(self, start: int) -> str:
-        return f"{self.batches_prefix}/{start:08d}.json"
+        return f"{self.seconds_prefix}/{start:08d}.json"
 
     @property
     def total_seconds_key(self) -> str:
@@ -124,6 +128,7 @@ def draw_resumable(
     assemble(where, n, batch_size)
     save_json(store, where.total_seconds_key, {"seconds": seconds})
     store.delete_prefix(where.batches_prefix)
+    store.delete_prefix(where.seconds_prefix)
     return Drawn(load_array(store, where.images_key), seconds, n - resume_at)
 
 

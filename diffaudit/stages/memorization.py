@@ -77,6 +77,8 @@ def check_inputs(ctx: StageContext, spec: MemorizationSpec, samples: np.ndarray,
     dataset = ctx.dataset
     if dataset.info.kind != "images":
         raise InvalidInput("the memorization stage needs a dataset of images (volume growth runs the model on them)")
+    if "features" in spaces and "features" not in ctx.results:
+        raise InvalidInput(f"memorization.space {spec.space!r} uses the features stage: add 'features' to stages")
     if "pixels" in spaces and samples.shape[1:] != dataset.info.item_shape:
         raise InvalidInput(
             f"generated samples are {samples.shape[1:]} but the dataset's images are {dataset.info.item_shape}: "
