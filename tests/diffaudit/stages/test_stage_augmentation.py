@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from stage_jobs import JOB_PREFIX, run_on_digits
+from stage_jobs import JOB_PREFIX, SAMPLED, copy_store
 
 import diffaudit.stages.augmentation as augmentation
 from diffaudit.datasets import Dataset, write_builtin_dataset
@@ -20,7 +20,7 @@ from diffaudit.stages import artifacts
 from diffaudit.stages.augmentation import AugmentationStage
 from diffaudit.store import LocalStore, ScopedStore, load_array, load_json, save_array, save_json
 
-N_SAMPLES = 64
+N_SAMPLES = SAMPLED["n"]
 JOB = JOB_PREFIX
 
 
@@ -30,11 +30,10 @@ def stand_in_outside(n: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def sampled(tmp_path_factory: pytest.TempPathFactory, tiny_demo_model: Path) -> Path:
+def sampled(tmp_path_factory: pytest.TempPathFactory, sampled_digits: Path) -> Path:
     """A store with digits and a job of 64 samples (10 DDIM steps) with the stand-in DS flags."""
-    root = tmp_path_factory.mktemp("sampled")
-    spec = EvaluationSpec(stages=("sample",), sample={"n": N_SAMPLES, "steps": 10})
-    job = run_on_digits(spec, tiny_demo_model, root, "sample").job
+    root = tmp_path_factory.mktemp("sampled") / "store"
+    job = ScopedStore(copy_store(sampled_digits, root), JOB)
     save_array(job, artifacts.DS_KEY, stand_in_outside(N_SAMPLES))
     save_json(job, "novelty/result.json", {"stand_in": True})
     return root

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from stage_jobs import JOB_PREFIX, SAMPLED, copy_store
 
 import diffaudit.stages.irs as irs_stage
-from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset, write_builtin_dataset
+from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset
 from diffaudit.metrics.irs import irs_adjusted, irs_per_class, irs_summary, k_min, sequential_schedule, target_distinct
 from diffaudit.metrics.occupancy import occupancy_cdf
 from diffaudit.pipeline import Rejected, StageContext, run, run_stage
@@ -22,8 +23,8 @@ from diffaudit.stages import early_rejection
 from diffaudit.stages.sample import SampleStage, batch_key
 from diffaudit.store import LocalStore, ScopedStore, load_array, load_json, save_array
 
-N_SAMPLES = 64
-JOB = "evaluations/t"
+N_SAMPLES = SAMPLED["n"]
+JOB = JOB_PREFIX
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -33,13 +34,14 @@ def brute_force_nn(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_demo_model: Path) -> tuple[LocalStore, dict]:
-    """sample, features (pixels) and irs on the tiny demo model, early rejection off."""
-    store = LocalStore(tmp_path_factory.mktemp("irs"))
-    write_builtin_dataset("digits", store, "datasets/digits")
+def evaluated(
+    tmp_path_factory: pytest.TempPathFactory, sampled_digits: Path, tiny_demo_model: Path
+) -> tuple[LocalStore, dict]:
+    """sample (the shared sampled job), features (pixels) and irs on the tiny demo model, early rejection off."""
+    store = copy_store(sampled_digits, tmp_path_factory.mktemp("irs") / "store")
     spec = EvaluationSpec(
         stages=("irs",),
-        sample={"n": N_SAMPLES, "steps": 10},
+        sample=SAMPLED,
         features={"extractor": "pixels"},
         irs={"target": 0.9, "early_rejection": False},
     )
