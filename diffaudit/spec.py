@@ -162,21 +162,23 @@ class GuidedSpec(_StageSpec):
 
 
 class SolverChoice(_Frozen):
-    """One sampler of the novelty stage's solver comparison (paper 000, Table 1)."""
+    """One sampler of the novelty stage's solver comparison ("The deficit of new information in diffusion models",
+    Table 1)."""
 
     scheduler: SchedulerName = Field(..., description="diffusers scheduler")
     steps: int = Field(..., ge=1, le=1000, description="number of denoising steps")
 
 
 class ExtractorChoice(_Frozen):
-    """One feature extractor of the novelty stage's comparison (paper 000, Table 3)."""
+    """One feature extractor of the novelty stage's comparison (same paper, Table 3)."""
 
     name: str = Field(..., description="extractor registry name, e.g. squeezenet1_1, vgg16, alexnet")
     weights: str | None = Field(None, description="local weights file on the worker; none = seeded random init")
 
 
 class NoveltySpec(_StageSpec):
-    """The `novelty` stage: diverse samples (paper 000, Sec. 3.5, Algorithms 1-2) and the solver comparison."""
+    """The `novelty` stage: diverse samples ("The deficit of new information in
+    diffusion models", Sec. 3.5, Algorithms 1-2) and the solver comparison."""
 
     mode: Literal["fixed", "joint"] = Field(
         "fixed",

@@ -1,4 +1,4 @@
-"""Generated samples as training data: the paper's Table 2 (000_9bfb40988b9fce7f, Sec. 4).
+"""Generated samples as training data: Table 2 of "The deficit of new information in diffusion models" (Sec. 4).
 
 The paper trains one classifier on (a) the original images (OI), (b) the original images with the
 minority class topped up by vanilla-generated samples (VGS) until it has as many images as the

@@ -1,6 +1,6 @@
 """Diverse samples (DS): generated samples outside the boundary of the training data.
 
-Paper 000_9bfb40988b9fce7f, Sec. 3.5, Eq. 18 and Algorithms 1-2: deep features -> 2-D t-SNE ->
+"The deficit of new information in diffusion models", Sec. 3.5, Eq. 18 and Algorithms 1-2: deep features -> 2-D t-SNE ->
 Quickhull boundary of the training points -> generated points outside it are DS. The hull is
 scipy's Qhull (Barber et al. 1996, the paper's Algorithm 2); the point-in-hull test uses the
 hull's facet equations, vectorised.

@@ -1,5 +1,5 @@
 """Figures of guided sampling (Sehwag et al., "Generating High Fidelity Data from Low-density Regions using
-Diffusion Models", arXiv 2206.10669): density histograms (Figs. 4, 7) and the alpha-beta grid (Fig. 3)."""
+Diffusion Models", arXiv 2203.17260): density histograms (Figs. 4, 7) and the alpha-beta grid (Fig. 3)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The `guided` stage: alpha-beta guided sampling towards low-density regions and what it achieves.
 
 Sehwag et al., "Generating High Fidelity Data from Low-density Regions using Diffusion Models"
-(arXiv 2206.10669): Sec. 3.2 (Eqs. 3-7, Algorithm 1), Sec. 4 (Figs. 3, 4, 7,
+(arXiv 2203.17260): Sec. 3.2 (Eqs. 3-7, Algorithm 1), Sec. 4 (Figs. 3, 4, 7,
 Table 1), Sec. 5 (memorization check).
 
 1. Guidance networks (diffaudit.guidance), stored in ctx.cache as soon as they are trained:

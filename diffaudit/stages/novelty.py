@@ -1,4 +1,5 @@
-"""The `novelty` stage: diverse samples (DS), paper 000_9bfb40988b9fce7f, Sec. 3.5, Algorithms 1-2, Tables 1-4.
+"""The `novelty` stage: diverse samples (DS), "The deficit of new information in diffusion
+models", Sec. 3.5, Algorithms 1-2, Tables 1-4.
 
 For the job's samples and features (the `sample` and `features` stages) it runs the t-SNE + Quickhull
 detection over several seeds (diffaudit.metrics.novelty), the k-NN support detector, the entropy and
