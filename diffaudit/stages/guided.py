@@ -41,20 +41,14 @@ from diffaudit.common.batches import Batches, draw_resumable
 from diffaudit.common.cache import get_or_compute
 from diffaudit.errors import InvalidInput
 from diffaudit.features.cache import training_features
-from diffaudit.features.extractors import Extractor
 from diffaudit.features.registry import local_weights_path
+from diffaudit.guidance.density import DensityReport
 from diffaudit.guidance.hardness import fit_timestep_gaussians
 from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.metrics.density import (
-    ClassGaussians,
-    avg_knn_distance,
-    compare_distributions,
     knn_distances,
-    local_outlier_factor,
-    precision,
     rejection_sampling_cost,
-    summarize,
 )
 from diffaudit.models.guidance import (
     TimeConditionedCNN,
@@ -78,7 +72,6 @@ PREFIX = "guided"
 RECIPE_VERSION = 2  # bump when the guidance networks' architecture or training changes: cached ones are retrained
 DISCRIMINATOR_SET = "discriminator_samples"
 DISCRIMINATOR_SEED = 1_000_000_000  # synthetic sample i of the discriminator uses this + i (not the job's seeds)
-METRICS = ("hardness", "avg_knn", "lof")
 COST_PERCENTILES = (50.0, 75.0, 90.0)  # Table 1: ranges [p50, p75), [p75, p90), [p90, inf) of real hardness
 COST_SAMPLES_WANTED = 5000  # Table 1: time to collect 5K samples from a range
 MEMORIZATION_PAIRS = 16  # Sec. 5 / Fig. 8: the closest (guided, training) pairs shown
@@ -176,15 +169,23 @@ def run_guided(ctx: StageContext) -> dict[str, Any]:
     }
 
     extractor = artifacts.extractor_for(ctx, spec.extractor, spec.extractor_weights, spec.extractor_seed)
-    density = DensityReport.build(ctx, extractor, class_labels)
+    features = training_features(ctx.dataset, extractor, ctx.cache, spec.batch_size)
+    density = DensityReport.fit(extractor, features[ctx.dataset.train_indices()], class_labels, spec.batch_size)
+
+    def measure(name: str, images: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+        measured = density.measure(name, images, labels)
+        for metric, array in density.values[name].items():
+            save_array(ctx.job, f"{PREFIX}/{name}/{metric}.npy", array)
+        return measured
+
     report_metrics = progress.callback("metrics")
     sets_summary: dict[str, Any] = {
-        "real": density.measure(ctx, "real", split.heldout_images, split.heldout_labels if conditional else None),
-        "baseline": density.measure(ctx, "baseline", baseline, labels),
+        "real": measure("real", split.heldout_images, split.heldout_labels if conditional else None),
+        "baseline": measure("baseline", baseline, labels),
     }
     report_metrics(1, 1 + len(pairs))
     for i, (name, (images, _)) in enumerate(guided_sets.items()):
-        measured = density.measure(ctx, name, images, labels)
+        measured = measure(name, images, labels)
         measured["versus_baseline"] = density.versus_baseline(name)
         measured["precision_ratio"] = ratio(measured["precision"], sets_summary["baseline"]["precision"])
         sets_summary[name] = measured
@@ -482,57 +483,6 @@ def draw_set(
         report=report,
     )
     return np.array(drawn.images), drawn.seconds
-
-
-class DensityReport:
-    """Density metrics in the features of an extractor independent of the guidance networks (Sec. 4.2, Fig. 7).
-
-    Training features are the reference of AvgkNN, LOF and precision; their class Gaussians (Ledoit-Wolf) give the
-    hardness of Eq. 3 (one Gaussian when unlabelled).
-    """
-
-    def __init__(self, extractor: Extractor, train: np.ndarray, gaussians: ClassGaussians, batch_size: int) -> None:
-        self.extractor = extractor
-        self.train = train
-        self.gaussians = gaussians
-        self.batch_size = batch_size
-        self.values: dict[str, dict[str, np.ndarray]] = {}
-        self.features: dict[str, np.ndarray] = {}
-
-    @classmethod
-    def build(cls, ctx: StageContext, extractor: Extractor, train_labels: np.ndarray | None) -> DensityReport:
-        batch_size = ctx.spec.guided.batch_size
-        features = training_features(ctx.dataset, extractor, ctx.cache, batch_size)
-        train = np.asarray(features[ctx.dataset.train_indices()], dtype=np.float64)
-        return cls(extractor, train, ClassGaussians.fit(train, train_labels), batch_size)
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [self.extractor(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        ).astype(np.float64)
-
-    def measure(self, ctx: StageContext, name: str, images: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-        """Hardness, AvgkNN and LOF of every image (stored as `guided/<name>/<metric>.npy`), summarised; precision."""
-        features = self.embed(images)
-        values = {
-            "hardness": self.gaussians.hardness_score(features, labels),
-            "avg_knn": avg_knn_distance(features, self.train),
-            "lof": local_outlier_factor(features, self.train),
-        }
-        for metric, array in values.items():
-            save_array(ctx.job, f"{PREFIX}/{name}/{metric}.npy", array)
-        self.values[name], self.features[name] = values, features
-        return {
-            **{metric: summarize(array) for metric, array in values.items()},
-            "precision": precision(features, self.train),
-        }
-
-    def versus_baseline(self, name: str) -> dict[str, dict[str, float]]:
-        """Effect size and p-values of each metric, guided set `name` versus the baseline samples."""
-        return {
-            metric: compare_distributions(self.values["baseline"][metric], self.values[name][metric])
-            for metric in METRICS
-        }
 
 
 def memorization_check(ctx: StageContext, density: DensityReport, name: str, images: np.ndarray) -> dict[str, Any]:
