@@ -88,7 +88,7 @@ class MemorizationSpec(_StageSpec):
     )
     threshold: float = Field(1.0, gt=0, le=100, description="extraction test: a sample with a ratio below it is a copy")
     space: Literal["pixels", "features", "both"] = Field(
-        "pixels", description="distances between pixels, features of the features stage (add it to stages), or both"
+        "pixels", description="distances between pixels, features of the features stage (added to stages), or both"
     )
     n_axes: int = Field(1, ge=1, le=4096, description="volume growth: orthogonal axes N around each training image")
     sigma: float = Field(0.05, gt=0, le=1, description="volume growth: axis radius, in the model's [-1, 1] units")
