@@ -216,3 +216,19 @@ def test_resumed_stage_recomputes_only_the_rows_it_has_not_stored(
     before, after = finished.summary["table"], summary["table"]
     assert after[1:] == before[1:]
     assert {**after[0], **timing(before[0])} == before[0]
+
+
+def test_the_fewest_samples_the_spec_accepts_give_finite_estimates(finished: Job) -> None:
+    """Issue 12, item 4: sample.n = 1 crashed (division by zero), 7 gave NaN spreads; 8 is the minimum."""
+    smallest = EvaluationSpec(stages=("novelty",)).novelty.min_samples()
+    spec = EvaluationSpec(
+        stages=("novelty",),
+        sample={"n": smallest, "steps": 2},
+        features=SPEC.features,
+        novelty={"seeds": 1, "n_iter": 50, "transform_iter": 10, "n_rounds": 2},
+    )
+    summary = run_job(finished, "evaluations/smallest", spec)["stages"]["novelty"]
+    assert summary["n_generated"] == smallest == 8
+    assert all(np.isfinite(value) for value in summary["information"].values() if isinstance(value, float))
+    with pytest.raises(ValidationError, match=f"at least {smallest} samples"):
+        EvaluationSpec(stages=("novelty",), sample={"n": smallest - 1})
