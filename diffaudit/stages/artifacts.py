@@ -83,8 +83,15 @@ def diverse_samples(ctx: StageContext) -> np.ndarray:
 
 
 def extractor_for(ctx: StageContext, name: str, weights: str | None, seed: int) -> Extractor:
-    """An extractor of the registry on the job's device, with the job's download and weights settings."""
-    return create_extractor(name, weights=weights, seed=seed, device=ctx.device, allow_downloads=ctx.allow_downloads)
+    """An extractor of the registry on the job's device, with the job's download setting and weights folder."""
+    return create_extractor(
+        name,
+        weights=weights,
+        seed=seed,
+        device=ctx.device,
+        allow_downloads=ctx.allow_downloads,
+        weights_dir=ctx.weights_dir,
+    )
 
 
 def features_extractor(ctx: StageContext) -> Extractor:

@@ -285,7 +285,7 @@ def guidance_classifier(
     """The uploaded classifier, the cached one, or one trained now; None for an unlabelled dataset."""
     spec: GuidedSpec = ctx.spec.guided
     if spec.classifier_weights is not None:
-        path = local_weights_path(spec.classifier_weights)
+        path = local_weights_path(spec.classifier_weights, weights_dir=ctx.weights_dir)
         if path.suffix != ".safetensors":
             raise InvalidInput("guided.classifier_weights must be a .safetensors file saved by network_to_bytes")
         network = network_from_bytes(path.read_bytes(), ctx.device)
