@@ -27,10 +27,10 @@ from diffaudit.checkpoints.sampling import denoise
 from diffaudit.checkpoints.schedulers import make_scheduler
 from diffaudit.datasets.digits import load_digits16
 from diffaudit.demo import demo_scheduler, demo_unet
-from diffaudit.guidance.classifier import TimeConditionedCNN, images_to_model_range
 from diffaudit.guidance.hardness import fit_timestep_gaussians
 from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
 from diffaudit.metrics.density import ClassGaussians
+from diffaudit.models.guidance import TimeConditionedCNN, images_to_model_range
 
 TORCH_THREADS = 1
 BATCH = 32

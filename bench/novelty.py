@@ -46,7 +46,7 @@ from diffaudit.metrics.novelty import (
     outside_knn_balls,
 )
 from diffaudit.spec import NoveltySpec
-from diffaudit.stages.novelty import tsne_params
+from diffaudit.stages.diverse_samples import tsne_params
 
 N_TRAIN, N_GEN, DIM, N_JOBS = 30_000, 50_000, 512, 2
 TUNED_PARAMS = TsneParams(pca_dims=50, transform_iter=100, neighbors="annoy", n_jobs=N_JOBS)

@@ -76,9 +76,15 @@ def print_outcome(client: Any, job: dict[str, Any]) -> int:
     print(f"evaluation {job['id']}: {job['status']}")
     if job.get("error"):
         print(f"  {job['error']}")
+    from diffaudit.stages.summaries import StageSummary
+
     if job["status"] in ("succeeded", "rejected"):
-        for name, summary in client.results(job["id"])["stages"].items():
-            print(f"  {name}: {summary.get('headline', '')}")
+        results = client.results(job["id"])
+        for name, summary in results["stages"].items():
+            print(f"  {name}: {StageSummary.model_validate(summary).headline}")
+        after = results.get("rejection", {}).get("after_rejection", {})
+        for name, summary in after.items():  # analyses of the samples drawn before an early rejection
+            print(f"  {name} (after the rejection): {StageSummary.model_validate(summary).headline}")
     return 0 if job["status"] == "succeeded" else 1
 
 

@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from tqdm import tqdm
 
 from diffaudit.datasets.digits import DIGITS_SIZE, load_digits16
+from diffaudit.errors import InvalidInput
 
 RECIPE_VERSION = 2  # bump when a recipe or the architecture changes: cached models are then retrained
 NUM_DIGIT_CLASSES = 10
@@ -146,7 +147,7 @@ def demo_folder_name(name: str, train_steps: int | None) -> str:
 def ensure_demo_model(name: str, cache_dir: Path, progress: bool = True, train_steps: int | None = None) -> Path:
     """The cached pipeline folder of demo model `name`, trained (into a temporary folder, then renamed) if absent."""
     if name not in DEMO_MODELS:
-        raise ValueError(f"unknown demo model {name!r}; demo models: {sorted(DEMO_MODELS)}")
+        raise InvalidInput(f"unknown demo model {name!r}; demo models: {sorted(DEMO_MODELS)}")
     recipe = DEMO_MODELS[name]
     target = Path(cache_dir) / demo_folder_name(name, train_steps)
     if target.is_dir():

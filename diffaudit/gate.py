@@ -94,17 +94,20 @@ def verdict_from(
     if status == "rejected":
         evidence = (results or {}).get("rejection", {})
         return Verdict("rejected", error or "rejected", evidence, evaluation)
-    irs = (results or {}).get("stages", {}).get("irs") if status == "succeeded" else None
-    if irs is None:
+    from diffaudit.stages.summaries import IRSSummary
+
+    found = (results or {}).get("stages", {}).get("irs") if status == "succeeded" else None
+    if found is None:
         return Verdict("error", error or f"the evaluation ended {status} without an irs result", {}, evaluation)
+    irs = IRSSummary.model_validate(found)
     evidence = {
-        **{key: irs["synthetic"][key] for key in IRS_EVIDENCE},
-        "irs_inf_a": irs.get("adjusted", {}).get("irs_inf_a"),
-        "target": irs["target"],
-        "k_min": irs["k_min"],
-        "decision": irs["decision"],
+        **{key: getattr(irs.synthetic, key) for key in IRS_EVIDENCE},
+        "irs_inf_a": irs.adjusted.get("irs_inf_a"),
+        "target": irs.target,
+        "k_min": irs.k_min,
+        "decision": irs.decision,
     }
-    return Verdict("pass" if irs["passed"] else "rejected", irs["headline"], evidence, evaluation)
+    return Verdict("pass" if irs.passed else "rejected", irs.headline, evidence, evaluation)
 
 
 def format_verdict(verdict: Verdict) -> str:

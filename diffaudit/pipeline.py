@@ -1,114 +1,44 @@
 """run(spec, ...) -> results, stage by stage, with progress callbacks.
 
-A job is a list of stages (EvaluationSpec.stages). Each stage reads what earlier stages
-stored, writes its outputs (arrays, images, JSON) under the job's folder in the artifact
-store, and returns a JSON-able summary. A stage whose summary is already stored
-(`<stage>/result.json`) is not run again, so a job interrupted anywhere resumes after its
-last finished stage. Stages may also resume inside themselves (the sampler keeps finished
-batches).
+A job is a list of stages (EvaluationSpec.stages, closed over each stage's prerequisites). Each stage reads what
+earlier stages stored (diffaudit.stages.artifacts), writes its outputs (arrays, images, JSON) under the job's
+folder in the artifact store, and returns a JSON-able summary. A stage whose summary is already stored
+(`<stage>/result.json`) is not run again, so a job interrupted anywhere resumes after its last finished stage.
+Stages may also resume inside themselves (the samplers keep finished batches).
 
-Stage implementations live in `diffaudit/stages/`, one module per stage, registered in
-STAGES below. Each stage declares the queue it belongs on: `gpu` for anything that runs the
-UNet or an extractor, `cpu` for statistics and plots.
+When a stage rejects the checkpoint (diffaudit.stages.base.Rejected, e.g. early IRS rejection while sampling), the
+requested stages that can say something cheap about the samples already drawn (their `after_rejection`) add their
+summaries to the rejection's evidence, under "after_rejection".
+
+The stage framework is diffaudit.stages.base (StageContext, Stage, Rejected, Cancelled, re-exported here);
+diffaudit.stages.registry knows every stage.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from diffaudit.datasets import Dataset
 from diffaudit.spec import EvaluationSpec
+from diffaudit.stages.base import Cancelled, Queue, Rejected, Stage, StageContext
+from diffaudit.stages.registry import STAGES, get_stage
 from diffaudit.store import ArtifactStore, ScopedStore, load_json, save_json
 
-Queue = Literal["gpu", "cpu"]
+__all__ = ["STAGES", "Cancelled", "Queue", "Rejected", "Stage", "StageContext", "get_stage", "run", "run_stage"]
+
 ProgressFn = Callable[[str, int, int], None]
 
 
-class Cancelled(Exception):
-    """The job was cancelled while a stage ran."""
+@runtime_checkable
+class AfterRejection(Protocol):
+    """A stage with a cheap analysis of the samples drawn before a rejection (None: nothing to say)."""
 
-
-class Rejected(Exception):
-    """The checkpoint failed a gate (e.g. early IRS rejection); `evidence` says why."""
-
-    def __init__(self, reason: str, evidence: dict[str, Any]) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.evidence = evidence
-
-
-@dataclass
-class StageContext:
-    """Everything a stage may use. Components are passed in; nothing is global."""
-
-    spec: EvaluationSpec
-    checkpoint_dir: Path
-    dataset: Dataset
-    job: ArtifactStore  # this job's folder
-    cache: ArtifactStore  # content-addressed, shared by all jobs
-    device: torch.device
-    results: dict[str, dict[str, Any]]  # summaries of finished stages
-    allow_downloads: bool = False  # may extractors fetch hub weights (DIFFAUDIT_ALLOW_DOWNLOADS)
-    report: Callable[[int, int], None] = lambda done, total: None
-    is_cancelled: Callable[[], bool] = lambda: False
-    _checkpoint: Any = field(default=None, repr=False)
-
-    @cached_property
-    def checkpoint(self) -> Any:
-        """The loaded checkpoint (UNet on the device, scheduler config), loaded once."""
-        from diffaudit.checkpoints import load_checkpoint
-
-        return self._checkpoint or load_checkpoint(self.checkpoint_dir, self.device)
-
-    def check_cancelled(self) -> None:
-        if self.is_cancelled():
-            raise Cancelled()
-
-
-class Stage(Protocol):
-    name: str
-    queue: Queue
-
-    def run(self, ctx: StageContext) -> dict[str, Any]: ...
-
-
-def _registry() -> dict[str, Stage]:
-    from diffaudit.stages.augmentation import AugmentationStage
-    from diffaudit.stages.balance import BalanceStage
-    from diffaudit.stages.features import FeaturesStage
-    from diffaudit.stages.guided import GuidedStage
-    from diffaudit.stages.irs import IRSStage
-    from diffaudit.stages.memorization import MemorizationStage
-    from diffaudit.stages.novelty import NoveltyStage
-    from diffaudit.stages.sample import SampleStage
-
-    stages: list[Stage] = [
-        SampleStage(),
-        FeaturesStage(),
-        GuidedStage(),
-        MemorizationStage(),
-        NoveltyStage(),
-        IRSStage(),
-        BalanceStage(),
-        AugmentationStage(),
-    ]
-    return {s.name: s for s in stages}
-
-
-STAGES: dict[str, Stage] = {}
-
-
-def get_stage(name: str) -> Stage:
-    if not STAGES:
-        STAGES.update(_registry())
-    return STAGES[name]
+    def after_rejection(self, ctx: StageContext) -> dict[str, Any] | None: ...
 
 
 def result_key(stage: str) -> str:
@@ -121,16 +51,35 @@ def finished_results(spec: EvaluationSpec, job: ArtifactStore) -> dict[str, dict
 
 
 def run_stage(name: str, ctx: StageContext) -> dict[str, Any]:
-    """Run one stage (or return its stored summary) and store its summary."""
+    """Run one stage (or return its stored summary) and store its summary; on a rejection, add what the requested
+    stages can still say about the samples already drawn to the evidence."""
     if ctx.job.exists(result_key(name)):
         summary: dict[str, Any] = load_json(ctx.job, result_key(name))
     else:
         started = time.perf_counter()
-        summary = get_stage(name).run(ctx)
+        try:
+            summary = get_stage(name).run(ctx)
+        except Rejected as rejection:
+            analyses = analyses_after_rejection(ctx)
+            if analyses:
+                rejection.evidence["after_rejection"] = analyses
+            raise
         summary = {**summary, "seconds": round(time.perf_counter() - started, 3)}
         save_json(ctx.job, result_key(name), summary)
     ctx.results[name] = summary
     return summary
+
+
+def analyses_after_rejection(ctx: StageContext) -> dict[str, dict[str, Any]]:
+    """The summaries of the requested stages' `after_rejection` analyses that apply."""
+    analyses = {}
+    for name in ctx.spec.stages:
+        stage = get_stage(name)
+        if name not in ctx.results and isinstance(stage, AfterRejection):
+            summary = stage.after_rejection(ctx)
+            if summary is not None:
+                analyses[name] = summary
+    return analyses
 
 
 def run(
@@ -142,6 +91,7 @@ def run(
     job_prefix: str,
     device: torch.device | None = None,
     allow_downloads: bool = False,
+    weights_dir: Path | None = None,
     on_progress: ProgressFn | None = None,
     on_stage_done: Callable[[str, dict[str, Any]], None] | None = None,
     is_cancelled: Callable[[], bool] = lambda: False,
@@ -159,6 +109,7 @@ def run(
         device=device or pick_device(),
         results={},
         allow_downloads=allow_downloads,
+        weights_dir=weights_dir,
         is_cancelled=is_cancelled,
     )
     for name in spec.stages:

@@ -11,54 +11,73 @@ import hashlib
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from diffaudit.errors import InvalidInput
 
 SchedulerName = Literal["ddpm", "ddim", "pndm", "dpmsolver++", "unipc", "deis", "euler", "euler-ancestral", "heun"]
 
-# Stages in the order they run, each with the stages it needs. Later issues add theirs here.
-STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
-    "sample": (),
-    "features": ("sample",),
-    # The diversity verdict first: a rejected checkpoint stops before the costly analyses.
-    "irs": ("sample", "features"),  # with irs.early_rejection, the sample stage already retrieves each batch
-    "balance": ("sample",),
-    "novelty": ("sample", "features"),
-    "memorization": ("sample",),  # after features: space "features"/"both" reads that stage's output
-    "guided": ("sample", "features"),
-    "augmentation": ("sample", "features", "novelty"),  # trains classifiers; may draw extra samples
-}
-STAGE_ORDER: tuple[str, ...] = tuple(STAGE_REQUIRES)
+# Stages in the order they run. The diversity verdict (irs) comes before the costly analyses, so that a rejected
+# checkpoint stops early. Each stage's prerequisites are declared by its sub-spec's `requires()`.
+STAGE_ORDER: tuple[str, ...] = (
+    "sample",
+    "features",
+    "irs",
+    "balance",
+    "novelty",
+    "memorization",
+    "guided",
+    "augmentation",
+)
+
+# Sample i uses seed + i (and a job adds at most a few million to a seed), so a seed below 2^31 keeps every seed
+# of a job valid for torch, numpy and scikit-learn alike (numpy's legacy seeds stop at 2^32 - 1).
+MAX_SEED = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class SampleSpec(_Frozen):
+class _StageSpec(_Frozen):
+    """The sub-spec of one stage; `requires()` names the stages it needs, from its own values."""
+
+    def requires(self) -> tuple[str, ...]:
+        return ("sample", "features")
+
+
+class SampleSpec(_StageSpec):
     """The `sample` stage: N samples from the checkpoint with one scheduler."""
 
     n: int = Field(256, ge=1, le=1_000_000, description="number of samples to draw")
     scheduler: SchedulerName = Field("ddim", description="diffusers scheduler used by the sampling loop")
     steps: int = Field(50, ge=1, le=1000, description="number of denoising steps")
-    seed: int = Field(0, ge=0, description="sample i uses the noise of seed + i, whatever the batch size")
+    seed: Seed = Field(0, description="sample i uses the noise of seed + i, whatever the batch size")
     batch_size: int = Field(64, ge=1, le=4096)
     class_label: int | None = Field(
         None, ge=0, description="class-conditional checkpoints: one class, or None to cycle through all classes"
     )
 
+    def requires(self) -> tuple[str, ...]:
+        return ()
 
-class FeaturesSpec(_Frozen):
+
+class FeaturesSpec(_StageSpec):
     """The `features` stage: embeddings of generated samples and (cached) training images."""
 
     extractor: str = Field("random-cnn", description="extractor registry name, e.g. random-cnn, pixels, squeezenet1_1")
     weights: str | None = Field(
         None, description="local weights file on the worker; none = seeded random initialisation"
     )
-    seed: int = Field(0, ge=0, description="seed of the random initialisation when no weights are given")
+    seed: Seed = Field(0, description="seed of the random initialisation when no weights are given")
     batch_size: int = Field(256, ge=1, le=4096)
 
+    def requires(self) -> tuple[str, ...]:
+        return ("sample",)
 
-class MemorizationSpec(_Frozen):
+
+class MemorizationSpec(_StageSpec):
     """The `memorization` stage: extraction test, nearest-neighbour distances, volume growth (Hasegawa and Yasuda)."""
 
     alpha: float = Field(
@@ -69,7 +88,7 @@ class MemorizationSpec(_Frozen):
     )
     threshold: float = Field(1.0, gt=0, le=100, description="extraction test: a sample with a ratio below it is a copy")
     space: Literal["pixels", "features", "both"] = Field(
-        "pixels", description="distances between pixels, features of the features stage (add it to stages), or both"
+        "pixels", description="distances between pixels, features of the features stage (added to stages), or both"
     )
     n_axes: int = Field(1, ge=1, le=4096, description="volume growth: orthogonal axes N around each training image")
     sigma: float = Field(0.05, gt=0, le=1, description="volume growth: axis radius, in the model's [-1, 1] units")
@@ -77,7 +96,7 @@ class MemorizationSpec(_Frozen):
     measure: Literal["volume", "stretch"] = Field(
         "volume", description="volume growth: parallelepiped volume, or raw axis stretches (identical for one axis)"
     )
-    seed: int = Field(0, ge=0, description="volume growth: training image i draws its axes from seed + i")
+    seed: Seed = Field(0, description="volume growth: training image i draws its axes from seed + i")
     batch_size: int = Field(64, ge=1, le=4096, description="volume growth: training images per UNet batch")
     return_curve: bool = Field(False, description="volume growth: also store log l_t after every step")
     max_images: int | None = Field(
@@ -86,11 +105,15 @@ class MemorizationSpec(_Frozen):
     grid_images: int = Field(64, ge=1, le=1024, description="images in the top and bottom volume-growth grids")
     grid_pairs: int = Field(32, ge=1, le=512, description="flagged (generated, training) pairs shown side by side")
 
+    def requires(self) -> tuple[str, ...]:
+        """Space features or both reads the features stage's output."""
+        return ("sample",) if self.space == "pixels" else ("sample", "features")
+
 
 GuidanceScale = Annotated[float, Field(ge=0, le=100)]
 
 
-class GuidedSpec(_Frozen):
+class GuidedSpec(_StageSpec):
     """The `guided` stage: alpha-beta guided sampling towards low-density regions (Sehwag et al., Sehwag et al.)."""
 
     alphas: tuple[GuidanceScale, ...] = Field(
@@ -114,7 +137,7 @@ class GuidedSpec(_Frozen):
         "ddpm", description="sampler of baseline, guided and discriminator samples (the paper's: DDPM, Eq. 7)"
     )
     steps: int = Field(250, ge=2, le=1000, description="number of denoising steps (the paper samples with 250)")
-    seed: int = Field(0, ge=0, description="sample i uses seed + i in every set; also seeds the networks' training")
+    seed: Seed = Field(0, description="sample i uses seed + i in every set; also seeds the networks' training")
     batch_size: int = Field(64, ge=1, le=4096)
     classifier_steps: int = Field(2000, ge=1, le=1_000_000, description="training steps of the guidance classifier")
     classifier_weights: str | None = Field(
@@ -129,31 +152,33 @@ class GuidedSpec(_Frozen):
     )
     extractor: str = Field("random-cnn", description="extractor of the density metrics (independent of the guidance)")
     extractor_weights: str | None = Field(None, description="local weights file of the density extractor")
-    extractor_seed: int = Field(0, ge=0, description="seed of the density extractor's random initialisation")
+    extractor_seed: Seed = Field(0, description="seed of the density extractor's random initialisation")
 
     @model_validator(mode="after")
     def _paired(self) -> GuidedSpec:
         if not self.grid and len(self.alphas) != len(self.betas):
-            raise ValueError("alphas and betas must have the same length (pairs), or set grid to true")
+            raise InvalidInput("alphas and betas must have the same length (pairs), or set grid to true")
         return self
 
 
 class SolverChoice(_Frozen):
-    """One sampler of the novelty stage's solver comparison (paper 000, Table 1)."""
+    """One sampler of the novelty stage's solver comparison ("The deficit of new information in diffusion models",
+    Table 1)."""
 
     scheduler: SchedulerName = Field(..., description="diffusers scheduler")
     steps: int = Field(..., ge=1, le=1000, description="number of denoising steps")
 
 
 class ExtractorChoice(_Frozen):
-    """One feature extractor of the novelty stage's comparison (paper 000, Table 3)."""
+    """One feature extractor of the novelty stage's comparison (same paper, Table 3)."""
 
     name: str = Field(..., description="extractor registry name, e.g. squeezenet1_1, vgg16, alexnet")
     weights: str | None = Field(None, description="local weights file on the worker; none = seeded random init")
 
 
-class NoveltySpec(_Frozen):
-    """The `novelty` stage: diverse samples (paper 000, Sec. 3.5, Algorithms 1-2) and the solver comparison."""
+class NoveltySpec(_StageSpec):
+    """The `novelty` stage: diverse samples ("The deficit of new information in
+    diffusion models", Sec. 3.5, Algorithms 1-2) and the solver comparison."""
 
     mode: Literal["fixed", "joint"] = Field(
         "fixed",
@@ -188,8 +213,12 @@ class NoveltySpec(_Frozen):
     )
     zip_limit: int = Field(1000, ge=0, le=100_000, description="at most this many DS images in the zip (best first)")
 
+    def min_samples(self) -> int:
+        """The fewest samples the stage can measure: two half-samples of entropy_k + 1 points (k-NN estimators)."""
+        return 2 * (self.entropy_k + 1)
 
-class AugmentationSpec(_Frozen):
+
+class AugmentationSpec(_StageSpec):
     """The `augmentation` stage: a classifier trained with and without generated samples and DS ("The deficit of
     new information in diffusion models", Table 2)."""
 
@@ -208,11 +237,15 @@ class AugmentationSpec(_Frozen):
     @model_validator(mode="after")
     def _fraction_needs_class(self) -> AugmentationSpec:
         if self.minority_keep_fraction < 1 and self.minority_class is None:
-            raise ValueError("minority_keep_fraction below 1 needs minority_class (the class to make a minority)")
+            raise InvalidInput("minority_keep_fraction below 1 needs minority_class (the class to make a minority)")
         return self
 
+    def requires(self) -> tuple[str, ...]:
+        """Trains classifiers with the novelty stage's diverse samples."""
+        return ("sample", "features", "novelty")
 
-class IRSSpec(_Frozen):
+
+class IRSSpec(_StageSpec):
     """The `irs` stage: Image Retrieval Score with bounds, early rejection while sampling (Dombrowski et al., Eq.
     9, Sec. 7)."""
 
@@ -234,11 +267,11 @@ class IRSSpec(_Frozen):
     heldout_fraction: float = Field(
         0.2, gt=0, lt=1, description="datasets without a held-out split: share of items held out (seeded) for IRS_inf,a"
     )
-    seed: int = Field(0, ge=0, description="seed of that held-out split")
+    seed: Seed = Field(0, description="seed of that held-out split")
     grid_images: int = Field(8, ge=1, le=64, description="most retrieved training images shown in the grid")
 
 
-class BalanceSpec(_Frozen):
+class BalanceSpec(_StageSpec):
     """The `balance` stage: generated class shares against the training shares (thesis the thesis, Ch. 4)."""
 
     labels: Literal["classifier", "conditioning"] = Field(
@@ -247,8 +280,11 @@ class BalanceSpec(_Frozen):
         "conditioning: the class-conditional model's own labels (the classifier checks them: agreement rate)",
     )
     classifier_epochs: int = Field(5, ge=1, le=500, description="epochs of the classifier training")
-    seed: int = Field(0, ge=0, description="seed of the classifier's initialisation and batch order")
+    seed: Seed = Field(0, description="seed of the classifier's initialisation and batch order")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="joint confidence of the per-class ratio intervals")
+
+    def requires(self) -> tuple[str, ...]:
+        return ("sample",)
 
 
 class EvaluationSpec(_Frozen):
@@ -263,21 +299,30 @@ class EvaluationSpec(_Frozen):
     irs: IRSSpec = IRSSpec()
     balance: BalanceSpec = BalanceSpec()
 
-    @model_validator(mode="before")
+    @field_validator("stages", mode="before")
     @classmethod
-    def _close_stages(cls, data: object) -> object:
-        """Add prerequisites of the requested stages and put them in running order."""
-        if isinstance(data, dict) and "stages" in data:
-            requested = data["stages"]
-            if isinstance(requested, str) or not isinstance(requested, (list, tuple)):
-                raise ValueError("stages must be a list of stage names")
-            unknown = [s for s in requested if s not in STAGE_REQUIRES]
-            if unknown:
-                raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGE_ORDER)}")
-            if not requested:
-                raise ValueError(f"stages must name at least one of {list(STAGE_ORDER)}")
-            data = {**data, "stages": close_stages(requested)}
-        return data
+    def _known_stages(cls, requested: object) -> object:
+        """A non-empty list of known stage names (a 422 naming the mistake, never a TypeError)."""
+        if isinstance(requested, str) or not isinstance(requested, (list, tuple)):
+            raise InvalidInput("stages must be a list of stage names")
+        if not requested:
+            raise InvalidInput(f"stages must name at least one of {list(STAGE_ORDER)}")
+        unknown = [s for s in requested if not isinstance(s, str) or s not in STAGE_ORDER]
+        if unknown:
+            raise InvalidInput(f"unknown stage(s) {unknown}; known stages: {list(STAGE_ORDER)}")
+        return requested
+
+    @model_validator(mode="after")
+    def _close_stages(self) -> EvaluationSpec:
+        """Add the prerequisites each requested stage's sub-spec names, in running order; check what they need."""
+        object.__setattr__(self, "stages", close_stages(self))  # frozen: set once, while validating
+        if "novelty" in self.stages and self.sample.n < self.novelty.min_samples():
+            raise InvalidInput(
+                f"the novelty stage needs at least {self.novelty.min_samples()} samples with novelty.entropy_k = "
+                f"{self.novelty.entropy_k} (its entropy and KL spreads use half-samples of entropy_k + 1 points "
+                f"or more): raise sample.n or lower novelty.entropy_k"
+            )
+        return self
 
     def spec_hash(self) -> str:
         """Content hash of the normalised spec (same request -> same hash)."""
@@ -285,13 +330,13 @@ class EvaluationSpec(_Frozen):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def close_stages(requested: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The requested stages with all their prerequisites, in STAGE_ORDER."""
+def close_stages(spec: EvaluationSpec) -> tuple[str, ...]:
+    """spec.stages with every prerequisite their sub-specs name (`requires()`), in STAGE_ORDER."""
     needed: set[str] = set()
-    todo = list(requested)
+    todo = list(spec.stages)
     while todo:
         stage = todo.pop()
         if stage not in needed:
             needed.add(stage)
-            todo.extend(STAGE_REQUIRES[stage])
+            todo.extend(getattr(spec, stage).requires())
     return tuple(s for s in STAGE_ORDER if s in needed)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from diffaudit.common.cache import get_or_compute
 from diffaudit.features.extractors import Extractor
 from diffaudit.store import ArtifactStore, load_array
 
@@ -36,13 +37,19 @@ def training_features(
     """
     if dataset.info.kind == "features":
         return np.asarray(dataset.features, dtype=np.float32)
-    key = training_features_key(dataset, extractor)
-    if not cache.exists(key):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "features.npy"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "features.npy"
+
+        def extracted() -> Path:
             extract_features(extractor, dataset.iter_images(batch_size), dataset.info.count, path, report)
-            cache.put_file(key, path)
-    return load_array(cache, key)
+            return path
+
+        features, _ = get_or_compute(cache, training_features_key(dataset, extractor), extracted, put_file, load_array)
+    return features
+
+
+def put_file(store: ArtifactStore, key: str, path: Path) -> None:
+    store.put_file(key, path)
 
 
 def extract_features(

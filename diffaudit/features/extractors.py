@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffaudit.errors import InvalidInput
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -170,3 +172,14 @@ def random_cnn() -> nn.Sequential:
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             nn.init.zeros_(module.bias)  # type: ignore[arg-type]
     return net
+
+
+def check_feature_dims(extractor: Extractor, image_shape: tuple[int, ...], dataset_dim: int) -> None:
+    """The generated samples' features must have the dimension of the dataset's own features."""
+    dim = extractor.output_dim(image_shape)
+    if dim != dataset_dim:
+        raise InvalidInput(
+            f"the dataset holds {dataset_dim}-dimensional features but extractor {extractor.name!r} gives "
+            f"{dim}-dimensional ones; set features.extractor (and features.weights) to the extractor that "
+            f"produced the dataset's features, so that generated and training features are comparable"
+        )

@@ -1,6 +1,9 @@
 """Low-density guided sampling (Sehwag et al.): guidance networks, hardness during sampling, losses, sampler hook."""
 
-from diffaudit.guidance.classifier import (
+from diffaudit.guidance.hardness import fit_timestep_gaussians
+from diffaudit.guidance.losses import discriminator_guidance_loss, hardness_guidance_loss, normalize_gradient
+from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
+from diffaudit.models.guidance import (
     REAL,
     SYNTHETIC,
     TimeConditionedCNN,
@@ -11,9 +14,6 @@ from diffaudit.guidance.classifier import (
     train_discriminator,
     train_guidance_classifier,
 )
-from diffaudit.guidance.hardness import fit_timestep_gaussians
-from diffaudit.guidance.losses import discriminator_guidance_loss, hardness_guidance_loss, normalize_gradient
-from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
 
 __all__ = [
     "REAL",

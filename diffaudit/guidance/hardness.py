@@ -17,8 +17,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from diffaudit.guidance.classifier import TimeConditionedCNN, add_noise
 from diffaudit.metrics.density import ClassGaussians
+from diffaudit.models.guidance import TimeConditionedCNN, add_noise
 
 Precision = Literal["identity", "full"]
 ProgressFn = Callable[[int, int], None]

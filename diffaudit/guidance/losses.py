@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from diffaudit.guidance.classifier import REAL
+from diffaudit.models.guidance import REAL
 
 GradientNorm = Literal["linf", "l2"]
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from diffaudit.guidance.classifier import TimeConditionedCNN
+from diffaudit.errors import InvalidInput
 from diffaudit.guidance.losses import (
     GradientNorm,
     discriminator_guidance_loss,
@@ -47,6 +47,7 @@ from diffaudit.guidance.losses import (
     normalize_gradient,
 )
 from diffaudit.metrics.density import ClassGaussians
+from diffaudit.models.guidance import TimeConditionedCNN
 
 # diffusers' schedulers (Scheduler subclasses) are opaque to mypy: typed as Any here.
 Scheduler = Any
@@ -147,7 +148,7 @@ def ddpm_step_variance(
         return torch.exp(value)
     if variance_type in ("fixed_small", "fixed_large", "learned"):
         return value
-    raise ValueError(f"DDPM variance_type {variance_type!r} is not supported by guided sampling")
+    raise InvalidInput(f"DDPM variance_type {variance_type!r} is not supported by guided sampling")
 
 
 def ddim_shift_coefficient(scheduler: Scheduler, t: torch.Tensor) -> torch.Tensor:
@@ -181,7 +182,7 @@ def shift_noise_prediction(
     elif prediction_type == "sample":
         change = (1 - abar) / abar.sqrt() * u
     else:
-        raise ValueError(f"prediction_type {prediction_type!r} is not supported by guided sampling")
+        raise InvalidInput(f"prediction_type {prediction_type!r} is not supported by guided sampling")
     channels = u.shape[1]
     return torch.cat([model_output[:, :channels] + change, model_output[:, channels:]], dim=1)
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2, chisquare
 
+from diffaudit.errors import InvalidInput
+
 
 def goodman_intervals(counts: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Goodman's simultaneous intervals for multinomial proportions: (A + 2n_i -+ sqrt(A(A + 4n_i(n-n_i)/n))) /
@@ -36,7 +38,7 @@ def class_balance(train_labels: np.ndarray, gen_labels: np.ndarray, confidence: 
     classes, train_counts = np.unique(train_labels, return_counts=True)
     unknown = np.setdiff1d(np.unique(gen_labels), classes)
     if unknown.size:
-        raise ValueError(f"generated labels {unknown.tolist()} do not occur in the training labels")
+        raise InvalidInput(f"generated labels {unknown.tolist()} do not occur in the training labels")
     if gen_labels.size == 0:
         raise ValueError("no generated labels")
     gen_counts = np.array([(gen_labels == c).sum() for c in classes])

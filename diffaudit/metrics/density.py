@@ -31,6 +31,7 @@ from scipy import stats
 from sklearn.covariance import ledoit_wolf
 from sklearn.neighbors import LocalOutlierFactor
 
+from diffaudit.errors import InvalidInput
 from diffaudit.retrieval.knn import nearest_neighbours
 
 AVG_KNN_K = 5  # Sehwag et al. Sec. 4.2
@@ -74,7 +75,7 @@ class ClassGaussians:
         for c in range(num_classes):
             members = x[y == c]
             if len(members) < 2:
-                raise ValueError(f"class {c} has {len(members)} embedding(s); a Gaussian needs at least 2")
+                raise InvalidInput(f"class {c} has {len(members)} embedding(s); a Gaussian needs at least 2")
             factor = np.linalg.cholesky(shrunk_covariance(members, c))
             means.append(members.mean(axis=0))
             factors.append(factor)
@@ -135,7 +136,7 @@ def shrunk_covariance(members: np.ndarray, label: int = 0) -> np.ndarray:
     covariance, _ = ledoit_wolf(members, assume_centered=False)
     mean_variance = np.trace(covariance) / len(covariance)
     if mean_variance <= 0:
-        raise ValueError(f"class {label}: its embeddings are all identical (zero covariance)")
+        raise InvalidInput(f"class {label}: its embeddings are all identical (zero covariance)")
     return covariance + RIDGE * mean_variance * np.eye(len(covariance))
 
 
@@ -147,7 +148,7 @@ def knn_distances(query: np.ndarray, reference: np.ndarray, k: int, *, exclude_s
     """
     take = k + 1 if exclude_self else k
     if take > len(reference):
-        raise ValueError(f"k={k} needs at least {take} reference rows, got {len(reference)}")
+        raise InvalidInput(f"k={k} needs at least {take} reference rows, got {len(reference)}")
     found = nearest_neighbours(np.asarray(query), np.asarray(reference), take)
     if not exclude_self:
         return found.distances

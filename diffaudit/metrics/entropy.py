@@ -1,6 +1,6 @@
 """k-NN estimates of differential entropy and KL divergence: the paper's Sec. 3 framing as numbers.
 
-The paper (000_9bfb40988b9fce7f, Sec. 3.2 and 3.4) argues with H(X), H(Y) and D_KL(P_X || P_Y)
+"The deficit of new information in diffusion models" (Sec. 3.2 and 3.4) argues with H(X), H(Y) and D_KL(P_X || P_Y)
 of training features X and generated features Y (Eqs. 1, 2, 4, 14). We estimate them from
 samples with nearest-neighbour estimators, which need no density model:
 

@@ -143,9 +143,10 @@ def sequential_schedule(n_train: int, n_sample: int, target: float, alpha_e: flo
     """
     s_d = target_distinct(n_train, target)
     looks = _look_sizes(math.ceil(math.sqrt(s_d)), n_sample)
-    alphas = [alpha_e * (1 - FINAL_LOOK_SHARE) / (len(looks) - 1)] * (len(looks) - 1) + [alpha_e * FINAL_LOOK_SHARE]
-    if len(looks) == 1:
+    if len(looks) == 1:  # too few samples for an earlier look: one test at the end, at the full level
         alphas = [alpha_e]
+    else:
+        alphas = [alpha_e * (1 - FINAL_LOOK_SHARE) / (len(looks) - 1)] * (len(looks) - 1) + [alpha_e * FINAL_LOOK_SHARE]
     return [
         {"samples": n, "alpha": a, "threshold": lower_critical_value(n, s_d, a)}
         for n, a in zip(looks, alphas, strict=True)

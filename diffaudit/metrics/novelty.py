@@ -1,6 +1,6 @@
 """Diverse samples (DS): generated samples outside the boundary of the training data.
 
-Paper 000_9bfb40988b9fce7f, Sec. 3.5, Eq. 18 and Algorithms 1-2: deep features -> 2-D t-SNE ->
+"The deficit of new information in diffusion models", Sec. 3.5, Eq. 18 and Algorithms 1-2: deep features -> 2-D t-SNE ->
 Quickhull boundary of the training points -> generated points outside it are DS. The hull is
 scipy's Qhull (Barber et al. 1996, the paper's Algorithm 2); the point-in-hull test uses the
 hull's facet equations, vectorised.
@@ -50,7 +50,6 @@ sample as DS when a strict majority of seeds say so.
 from __future__ import annotations
 
 import dataclasses
-import io
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Literal
@@ -506,29 +505,3 @@ def novelty_report(
             train_features, generated_features, n_components=entropy_dims, k=entropy_k, n_rounds=n_rounds, seed=seed
         ),
     }
-
-
-def tsne_plot_png(detection: TsneDetection, seed_index: int = 0, title: str | None = None) -> bytes:
-    """Scatter plot of one seed's t-SNE (training red, generated blue, hull, DS marked) as PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    train, gen = detection.train_2d[seed_index], detection.generated_2d[seed_index]
-    ds = detection.outside[seed_index]
-    fig = Figure(figsize=(7, 6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    size = 4 if len(train) + len(gen) < 5000 else 1
-    ax.scatter(train[:, 0], train[:, 1], s=size, c="tab:red", alpha=0.5, label="training", rasterized=True)
-    ax.scatter(gen[~ds, 0], gen[~ds, 1], s=size, c="tab:blue", alpha=0.5, label="generated", rasterized=True)
-    ax.scatter(gen[ds, 0], gen[ds, 1], s=30, c="black", marker="x", label=f"diverse samples ({int(ds.sum())})")
-    hull = training_hull(train)
-    loop = np.append(hull.vertices, hull.vertices[0])  # 2-D hull vertices are in counterclockwise order
-    ax.plot(train[loop, 0], train[loop, 1], c="darkred", lw=1, label="training boundary")
-    ax.set_title(title or f"t-SNE ({detection.mode} mode, seed {detection.seeds[seed_index]})")
-    ax.set_xlabel("t-SNE 1")
-    ax.set_ylabel("t-SNE 2")
-    ax.legend(loc="best", markerscale=2, fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()

@@ -34,6 +34,8 @@ METHODS = ("exact", "asymptotic", "normal")
 
 def occupancy_mean(n: int, s: int) -> float:
     """E[K] = s (1 - (1 - 1/s)^n), exactly."""
+    if s == 1:  # one image: every sample retrieves it (and log1p(-1) is undefined)
+        return 1.0 if n >= 1 else 0.0
     return -s * math.expm1(n * math.log1p(-1.0 / s))
 
 

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_ddim_inverse import DDIMInverseScheduler
 
+from diffaudit.errors import InvalidInput
+
 Measure = Literal["volume", "stretch"]
 ProgressFn = Callable[[int, int], None]
 
@@ -151,10 +153,10 @@ def volume_growth(
     """
     n_images, dim = images.shape[0], images[0].numel()
     if not 1 <= n_axes <= dim:
-        raise ValueError(f"n_axes must be between 1 and the image dimension {dim}, got {n_axes}")
+        raise InvalidInput(f"n_axes must be between 1 and the image dimension {dim}, got {n_axes}")
     scheduler = inverse_ddim_scheduler(scheduler_config, num_inference_steps)
     if not 1 <= n_steps <= len(scheduler.timesteps):
-        raise ValueError(f"n_steps must be between 1 and {len(scheduler.timesteps)}, got {n_steps}")
+        raise InvalidInput(f"n_steps must be between 1 and {len(scheduler.timesteps)}, got {n_steps}")
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     parameter = next(unet.parameters())

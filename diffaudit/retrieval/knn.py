@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from diffaudit.device import pick_device
+from diffaudit.errors import InvalidInput
 
 METRICS = ("euclidean", "cosine")
 DEFAULT_MEMORY_BUDGET = 2**30
@@ -104,12 +105,12 @@ def _validated(queries: np.ndarray, references: np.ndarray, k: int, metric: str)
     if queries.ndim != 2 or references.ndim != 2 or queries.shape[1] != references.shape[1]:
         raise ValueError(f"need 2-D arrays of equal width, got {queries.shape} and {references.shape}")
     if not 1 <= k <= references.shape[0]:
-        raise ValueError(f"need 1 <= k <= number of references ({references.shape[0]}), got k={k}")
+        raise InvalidInput(f"need 1 <= k <= number of references ({references.shape[0]}), got k={k}")
     for name, array in (("queries", queries), ("references", references)):
         if not np.all(np.isfinite(array)):
-            raise ValueError(f"{name} contain non-finite values")
+            raise InvalidInput(f"{name} contain non-finite values")
         if metric == "cosine" and np.any(~np.any(array != 0, axis=1)):
-            raise ValueError(f"{name} contain all-zero rows, for which the cosine distance is undefined")
+            raise InvalidInput(f"{name} contain all-zero rows, for which the cosine distance is undefined")
     return queries, references
 
 

@@ -36,39 +36,38 @@ extra samples drawn, their labels and DS flags).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from diffaudit.checkpoints import make_scheduler, sample_batches
+from diffaudit.checkpoints import make_scheduler
+from diffaudit.common.batches import Batches, draw_resumable
+from diffaudit.errors import InvalidInput
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.metrics.augmentation import (
     CONDITIONS,
     Additions,
     choose_additions,
     class_counts,
-    classifier_pixels,
     confusion_matrix,
     find_minority,
     keep_fraction_of_class,
     overall_accuracy,
     per_class_accuracy,
-    predict,
     spread,
     top_up_count,
-    train_classifier,
 )
 from diffaudit.metrics.novelty import majority
-from diffaudit.pipeline import Queue, StageContext
+from diffaudit.models.classifier import classifier_pixels, predict, train_classifier
+from diffaudit.plots.augmentation import chart_png
 from diffaudit.spec import AugmentationSpec
-from diffaudit.stages.novelty import (
-    DS_KEY,
+from diffaudit.stages import artifacts
+from diffaudit.stages.artifacts import SAMPLE_LABELS_KEY
+from diffaudit.stages.base import Queue, StageContext
+from diffaudit.stages.diverse_samples import (
     cached_fixed_embedding,
     detect,
     extractors_of,
@@ -80,8 +79,6 @@ from diffaudit.stages.novelty import (
 from diffaudit.store import load_array, save_array, save_json
 
 PREFIX = "augmentation"
-SAMPLES_KEY = "sample/images.npy"
-LABELS_KEY = "sample/labels.npy"
 TABLE_KEY = f"{PREFIX}/table.json"
 CHART_KEY = f"{PREFIX}/accuracy.png"
 EXTRA_PREFIX = f"{PREFIX}/extra"
@@ -90,7 +87,6 @@ SELECTION_SEED = 0  # which minority images are kept and which generated samples
 IMBALANCE_RATIO = 0.5  # without minority_class, a class with < half the images of the largest is topped up
 EXTRA_ROUND = 256  # extra samples drawn (then embedded and tested) per round
 GRID_SAMPLES = 64
-CHART_LABELS = {"original": "original (OI)", "generated": "+ generated (VGS)", "diverse": "+ diverse samples (DS)"}
 
 
 @dataclass
@@ -115,26 +111,24 @@ def check_inputs(ctx: StageContext, spec: AugmentationSpec) -> np.ndarray:
     """Refuse what the stage cannot compute, saying what to change; returns the dataset's labels."""
     dataset = ctx.dataset
     if dataset.info.kind != "images" or dataset.labels is None or dataset.info.class_names is None:
-        raise ValueError("the augmentation stage trains an image classifier: it needs a labelled dataset of images")
+        raise InvalidInput("the augmentation stage trains an image classifier: it needs a labelled dataset of images")
     if dataset.info.heldout_count == 0:
-        raise ValueError("the augmentation stage evaluates on the held-out split: ingest with heldout_fraction > 0")
-    if not ctx.job.exists(LABELS_KEY):
-        raise ValueError(
+        raise InvalidInput("the augmentation stage evaluates on the held-out split: ingest with heldout_fraction > 0")
+    generated_labels = artifacts.sample_labels(ctx)
+    if generated_labels is None:
+        raise InvalidInput(
             "the generated samples have no labels (unconditional checkpoint): the augmentation stage needs a "
             "class-conditional checkpoint (UNet with num_class_embeds) so that each sample's class is known"
         )
-    if not ctx.job.exists(DS_KEY):
-        raise ValueError(f"{DS_KEY} is missing: the augmentation stage needs the novelty stage before it")
     num_classes = len(dataset.info.class_names)
-    generated_labels = load_array(ctx.job, LABELS_KEY)
     if generated_labels.size and int(generated_labels.max()) >= num_classes:
-        raise ValueError(
+        raise InvalidInput(
             f"the checkpoint generates class {int(generated_labels.max())} but the dataset has {num_classes} classes"
         )
-    if load_array(ctx.job, SAMPLES_KEY).shape[1:] != dataset.info.item_shape:
-        raise ValueError("generated samples and dataset images differ in shape: they cannot train one classifier")
+    if artifacts.samples(ctx).shape[1:] != dataset.info.item_shape:
+        raise InvalidInput("generated samples and dataset images differ in shape: they cannot train one classifier")
     if spec.minority_class is not None and spec.minority_class >= num_classes:
-        raise ValueError(f"augmentation.minority_class {spec.minority_class} is not one of the {num_classes} classes")
+        raise InvalidInput(f"augmentation.minority_class {spec.minority_class} is not one of the {num_classes} classes")
     return np.asarray(dataset.labels)
 
 
@@ -174,36 +168,37 @@ def extra_ds_detector(ctx: StageContext) -> DetectFn:
     return ds_of
 
 
+def extra_key(start: int, what: str) -> str:
+    """Extra samples start.. of the minority class: `what` is images, labels or ds (written last: round done)."""
+    return f"{EXTRA_PREFIX}/{start:08d}_{what}.npy"
+
+
 def draw_extra_round(ctx: StageContext, start: int, count: int, minority: int, ds_of: DetectFn) -> None:
-    """Draw extra samples start..start+count-1 of the minority class, test them, store them."""
+    """Draw extra samples start..start+count-1 of the minority class (resumable by batch), test them, store them."""
     sample = ctx.spec.sample
     checkpoint = ctx.checkpoint
     labels = np.full(count, minority, dtype=np.int64)
-    batches = sample_batches(
-        checkpoint.unet,
-        make_scheduler(sample.scheduler, checkpoint.scheduler_config),
+    drawn = draw_resumable(
+        Batches(ctx.job, extra_key(start, "images"), f"{EXTRA_PREFIX}/{start:08d}_batches"),
+        unet=checkpoint.unet,
+        scheduler=make_scheduler(sample.scheduler, checkpoint.scheduler_config),
         n=count,
         steps=sample.steps,
         seed=sample.seed + sample.n + start,
         batch_size=sample.batch_size,
         class_labels=labels,
         device=ctx.device,
+        check_cancelled=ctx.check_cancelled,
     )
-    images = []
-    for _, batch in batches:
-        images.append(batch)
-        ctx.check_cancelled()
-    drawn = np.concatenate(images)
-    save_array(ctx.job, f"{EXTRA_PREFIX}/{start:08d}_ds.npy", ds_of(drawn))
-    save_array(ctx.job, f"{EXTRA_PREFIX}/{start:08d}_labels.npy", labels)
-    save_array(ctx.job, f"{EXTRA_PREFIX}/{start:08d}_images.npy", drawn)  # last: its presence marks the round done
+    save_array(ctx.job, extra_key(start, "labels"), labels)
+    save_array(ctx.job, extra_key(start, "ds"), ds_of(np.asarray(drawn.images)))
 
 
 def generated_pool(ctx: StageContext, spec: AugmentationSpec, minority: int | None, wanted: int) -> Pool:
     """The job's samples, plus extra minority samples until `wanted` DS of it exist or the cap is reached."""
-    images = [np.asarray(load_array(ctx.job, SAMPLES_KEY))]
-    labels = [np.asarray(load_array(ctx.job, LABELS_KEY))]
-    is_ds = [np.asarray(load_array(ctx.job, DS_KEY), dtype=bool)]
+    images = [np.asarray(artifacts.samples(ctx))]
+    labels = [np.asarray(artifacts.sample_labels(ctx))]
+    is_ds = [artifacts.diverse_samples(ctx)]
     n_extra = 0
     ds_of: DetectFn | None = None
 
@@ -212,13 +207,13 @@ def generated_pool(ctx: StageContext, spec: AugmentationSpec, minority: int | No
 
     while minority is not None and found() < wanted and n_extra < spec.max_extra_samples:
         count = min(EXTRA_ROUND, spec.max_extra_samples - n_extra)
-        if not ctx.job.exists(f"{EXTRA_PREFIX}/{n_extra:08d}_images.npy"):
+        if not ctx.job.exists(extra_key(n_extra, "ds")):
             ctx.report(n_extra, spec.max_extra_samples)
             ds_of = ds_of or extra_ds_detector(ctx)
             draw_extra_round(ctx, n_extra, count, minority, ds_of)
-        images.append(load_array(ctx.job, f"{EXTRA_PREFIX}/{n_extra:08d}_images.npy", mmap=False))
-        labels.append(load_array(ctx.job, f"{EXTRA_PREFIX}/{n_extra:08d}_labels.npy", mmap=False))
-        is_ds.append(load_array(ctx.job, f"{EXTRA_PREFIX}/{n_extra:08d}_ds.npy", mmap=False).astype(bool))
+        images.append(load_array(ctx.job, extra_key(n_extra, "images"), mmap=False))
+        labels.append(load_array(ctx.job, extra_key(n_extra, "labels"), mmap=False))
+        is_ds.append(load_array(ctx.job, extra_key(n_extra, "ds"), mmap=False).astype(bool))
         n_extra += count
     return Pool(np.concatenate(images), np.concatenate(labels), np.concatenate(is_ds), n_extra, len(images[0]))
 
@@ -300,30 +295,6 @@ def accuracy_table(
     return {"conditions": list(CONDITIONS), "classes": rows, "overall": overall}
 
 
-def chart_png(table: dict[str, Any], title: str) -> bytes:
-    """Grouped bars: accuracy per class and overall for each condition, with the spread over seeds."""
-    groups = [*(row["name"] for row in table["classes"]), "overall"]
-    rows = [*table["classes"], table["overall"]]
-    figure = Figure(figsize=(max(6.0, 0.7 * len(groups) + 2), 4))
-    FigureCanvasAgg(figure)
-    axis = figure.add_subplot()
-    width = 0.8 / len(CONDITIONS)
-    for i, condition in enumerate(CONDITIONS):
-        means = [row["accuracy"][condition]["mean"] for row in rows]
-        stds = [row["accuracy"][condition]["std"] for row in rows]
-        positions = np.arange(len(groups)) + (i - (len(CONDITIONS) - 1) / 2) * width
-        axis.bar(positions, means, width, yerr=stds, capsize=2, label=CHART_LABELS[condition])
-    axis.set_xticks(np.arange(len(groups)), groups)
-    axis.set_ylim(0, 1.05)
-    axis.set_ylabel("held-out accuracy")
-    axis.set_title(title)
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
 def headline(table: dict[str, Any], minority: int | None, added: int, wanted: int, seeds: int) -> str:
     def trio(accuracy: dict[str, Any]) -> str:
         return " / ".join(f"{accuracy[k]['mean']:.3f}" for k in CONDITIONS)
@@ -354,8 +325,8 @@ class AugmentationStage:
             spec.minority_class if spec.minority_class is not None else find_minority(original_counts, IMBALANCE_RATIO)
         )
 
-        job_ds = np.asarray(load_array(ctx.job, DS_KEY), dtype=bool)
-        job_labels = np.asarray(load_array(ctx.job, LABELS_KEY))
+        job_ds = artifacts.diverse_samples(ctx)
+        job_labels = np.asarray(artifacts.sample_labels(ctx))
         if minority is None:
             wanted = class_counts(job_labels[job_ds], num_classes)  # every DS, with as many ordinary samples
         else:
@@ -393,7 +364,7 @@ class AugmentationStage:
             "ds_available": pool.ds_count(minority),
             "extra_samples": pool.n_extra,
             "extra_ds": int(np.sum(pool.is_ds[pool.n_job :])),
-            "labels_from": LABELS_KEY,
+            "labels_from": SAMPLE_LABELS_KEY,
             "seeds": spec.seeds,
             "epochs": spec.epochs,
             "overall_accuracy": {

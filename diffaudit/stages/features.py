@@ -1,10 +1,10 @@
 """The `features` stage: embed the generated samples and (through the shared cache) the training set.
 
-Reads `sample/images.npy` from the job, writes `features/generated.npy` to it, and makes sure the
-training-set features exist in the content-addressed cache (diffaudit.features.cache), where later
-stages find them under the summary's `training_features_key`. A dataset of kind "features" brings
-its own training embeddings; the generated samples must then be embedded by the same extractor,
-which can only be checked through the dimension.
+Reads the samples, writes `features/generated.npy` to the job, and makes sure the training-set features exist in
+the content-addressed cache (diffaudit.features.cache), where later stages find them through
+diffaudit.stages.artifacts (the summary's `training_features_key`). A dataset of kind "features" brings its own
+training embeddings; the generated samples must then be embedded by the same extractor, which can only be checked
+through the dimension.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from diffaudit.features.cache import ReportFn, extract_features, training_features, training_features_key
-from diffaudit.features.extractors import Extractor
-from diffaudit.features.registry import create_extractor
-from diffaudit.pipeline import Queue, StageContext
-from diffaudit.store import load_array
-
-SAMPLES_KEY = "sample/images.npy"
-GENERATED_KEY = "features/generated.npy"
+from diffaudit.features.extractors import check_feature_dims
+from diffaudit.stages import artifacts
+from diffaudit.stages.artifacts import GENERATED_FEATURES_KEY
+from diffaudit.stages.base import Queue, StageContext
 
 
 class FeaturesStage:
@@ -29,10 +26,8 @@ class FeaturesStage:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         spec = ctx.spec.features
-        extractor = create_extractor(
-            spec.extractor, weights=spec.weights, seed=spec.seed, device=ctx.device, allow_downloads=ctx.allow_downloads
-        )
-        samples = load_array(ctx.job, SAMPLES_KEY)
+        extractor = artifacts.features_extractor(ctx)
+        samples = artifacts.samples(ctx)
         dataset = ctx.dataset
         user_features = dataset.info.kind == "features"
         if user_features:
@@ -41,13 +36,13 @@ class FeaturesStage:
         training_cache_hit = not user_features and ctx.cache.exists(key)
         total = len(samples) + (0 if user_features or training_cache_hit else dataset.info.count)
 
-        if not ctx.job.exists(GENERATED_KEY):  # kept from an interrupted run of this job
+        if not ctx.job.exists(GENERATED_FEATURES_KEY):  # kept from an interrupted run of this job
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "generated.npy"
                 batches = (samples[i : i + spec.batch_size] for i in range(0, len(samples), spec.batch_size))
                 extract_features(extractor, batches, len(samples), path, _progress(ctx, 0, total))
-                ctx.job.put_file(GENERATED_KEY, path)
-        generated = load_array(ctx.job, GENERATED_KEY)
+                ctx.job.put_file(GENERATED_FEATURES_KEY, path)
+        generated = artifacts.generated_features(ctx)
         training_features(dataset, extractor, ctx.cache, spec.batch_size, _progress(ctx, len(samples), total))
         cached = "read from the cache" if training_cache_hit else "computed"
         return {
@@ -65,17 +60,6 @@ class FeaturesStage:
             "n_generated": len(generated),
             "n_dataset": int(dataset.info.count),
         }
-
-
-def check_feature_dims(extractor: Extractor, image_shape: tuple[int, ...], dataset_dim: int) -> None:
-    """The generated samples' features must have the dimension of the dataset's own features."""
-    dim = extractor.output_dim(image_shape)
-    if dim != dataset_dim:
-        raise ValueError(
-            f"the dataset holds {dataset_dim}-dimensional features but extractor {extractor.name!r} gives "
-            f"{dim}-dimensional ones; set features.extractor (and features.weights) to the extractor that "
-            f"produced the dataset's features, so that generated and training features are comparable"
-        )
 
 
 def _progress(ctx: StageContext, offset: int, total: int) -> ReportFn:

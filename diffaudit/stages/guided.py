@@ -1,7 +1,7 @@
 """The `guided` stage: alpha-beta guided sampling towards low-density regions and what it achieves.
 
 Sehwag et al., "Generating High Fidelity Data from Low-density Regions using Diffusion Models"
-(`/work/shared/papers/001_7bb536645a19429e.txt`): Sec. 3.2 (Eqs. 3-7, Algorithm 1), Sec. 4 (Figs. 3, 4, 7,
+(arXiv 2203.17260): Sec. 3.2 (Eqs. 3-7, Algorithm 1), Sec. 4 (Figs. 3, 4, 7,
 Table 1), Sec. 5 (memorization check).
 
 1. Guidance networks (diffaudit.guidance), stored in ctx.cache as soon as they are trained:
@@ -15,7 +15,8 @@ Table 1), Sec. 5 (memorization check).
    the unlabelled hardness of L_g1 (one Gaussian over the real training images); this needs an unconditional
    checkpoint.
 2. Baseline samples and guided samples for every (alpha, beta) pair with the same seeds (sample i uses seed + i,
-   class i % C), each kept batch by batch (`guided/<set>/batches/`) and assembled into `guided/<set>/images.npy`.
+   class i % C), each drawn through diffaudit.common.batches (kept batch by batch in `guided/<set>/batches/`,
+   assembled into `guided/<set>/images.npy`).
 3. Density in the features of an extractor independent of the guidance networks (spec.guided.extractor): hardness
    (Eq. 3, Ledoit-Wolf class Gaussians of the training features), AvgkNN (k = 5), LOF (k = 20) and precision,
    for held-out real images, the baseline and every guided set; guided versus baseline effect sizes and p-values;
@@ -26,23 +27,30 @@ Table 1), Sec. 5 (memorization check).
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from diffaudit.checkpoints import Checkpoint, class_labels_for, make_scheduler, sample_batches
+from diffaudit.checkpoints import Checkpoint, class_labels_for, make_scheduler
+from diffaudit.common.batches import Batches, draw_resumable
+from diffaudit.common.cache import get_or_compute
+from diffaudit.errors import InvalidInput
 from diffaudit.features.cache import training_features
-from diffaudit.features.extractors import Extractor
-from diffaudit.features.registry import create_extractor, local_weights_path
-from diffaudit.guidance.classifier import (
+from diffaudit.features.registry import local_weights_path
+from diffaudit.guidance.density import DensityReport
+from diffaudit.guidance.hardness import fit_timestep_gaussians
+from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
+from diffaudit.imaging import image_grid, png_bytes
+from diffaudit.metrics.density import (
+    knn_distances,
+    rejection_sampling_cost,
+)
+from diffaudit.models.guidance import (
     TimeConditionedCNN,
     add_noise,
     alphas_cumprod_from_config,
@@ -53,29 +61,17 @@ from diffaudit.guidance.classifier import (
     train_discriminator,
     train_guidance_classifier,
 )
-from diffaudit.guidance.hardness import fit_timestep_gaussians
-from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps
-from diffaudit.imaging import image_grid, png_bytes
-from diffaudit.metrics.density import (
-    ClassGaussians,
-    avg_knn_distance,
-    compare_distributions,
-    knn_distances,
-    local_outlier_factor,
-    precision,
-    rejection_sampling_cost,
-    summarize,
-)
-from diffaudit.pipeline import Queue, StageContext
+from diffaudit.plots.guided import fig3_png, histograms_png
 from diffaudit.retrieval.knn import nearest_neighbours
 from diffaudit.spec import GuidedSpec
-from diffaudit.store import load_array, load_json, save_array, save_json
+from diffaudit.stages import artifacts
+from diffaudit.stages.base import Queue, StageContext
+from diffaudit.store import ArtifactStore, load_array, save_array
 
 PREFIX = "guided"
 RECIPE_VERSION = 2  # bump when the guidance networks' architecture or training changes: cached ones are retrained
 DISCRIMINATOR_SET = "discriminator_samples"
 DISCRIMINATOR_SEED = 1_000_000_000  # synthetic sample i of the discriminator uses this + i (not the job's seeds)
-METRICS = ("hardness", "avg_knn", "lof")
 COST_PERCENTILES = (50.0, 75.0, 90.0)  # Table 1: ranges [p50, p75), [p75, p90), [p90, inf) of real hardness
 COST_SAMPLES_WANTED = 5000  # Table 1: time to collect 5K samples from a range
 MEMORIZATION_PAIRS = 16  # Sec. 5 / Fig. 8: the closest (guided, training) pairs shown
@@ -172,22 +168,24 @@ def run_guided(ctx: StageContext) -> dict[str, Any]:
         for name, pair in zip(names, pairs, strict=True)
     }
 
-    extractor = create_extractor(
-        spec.extractor,
-        weights=spec.extractor_weights,
-        seed=spec.extractor_seed,
-        device=ctx.device,
-        allow_downloads=ctx.allow_downloads,
-    )
-    density = DensityReport.build(ctx, extractor, class_labels)
+    extractor = artifacts.extractor_for(ctx, spec.extractor, spec.extractor_weights, spec.extractor_seed)
+    features = training_features(ctx.dataset, extractor, ctx.cache, spec.batch_size)
+    density = DensityReport.fit(extractor, features[ctx.dataset.train_indices()], class_labels, spec.batch_size)
+
+    def measure(name: str, images: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+        measured = density.measure(name, images, labels)
+        for metric, array in density.values[name].items():
+            save_array(ctx.job, f"{PREFIX}/{name}/{metric}.npy", array)
+        return measured
+
     report_metrics = progress.callback("metrics")
     sets_summary: dict[str, Any] = {
-        "real": density.measure(ctx, "real", split.heldout_images, split.heldout_labels if conditional else None),
-        "baseline": density.measure(ctx, "baseline", baseline, labels),
+        "real": measure("real", split.heldout_images, split.heldout_labels if conditional else None),
+        "baseline": measure("baseline", baseline, labels),
     }
     report_metrics(1, 1 + len(pairs))
     for i, (name, (images, _)) in enumerate(guided_sets.items()):
-        measured = density.measure(ctx, name, images, labels)
+        measured = measure(name, images, labels)
         measured["versus_baseline"] = density.versus_baseline(name)
         measured["precision_ratio"] = ratio(measured["precision"], sets_summary["baseline"]["precision"])
         sets_summary[name] = measured
@@ -195,11 +193,12 @@ def run_guided(ctx: StageContext) -> dict[str, Any]:
 
     first = set_name(*pairs[0])
     precisions = {name: measured["precision"] for name, measured in sets_summary.items()}
-    ctx.job.put_bytes(f"{PREFIX}/histograms.png", histograms_png(density, precisions))
+    ctx.job.put_bytes(f"{PREFIX}/histograms.png", histograms_png(density.values, precisions))
     memorization = memorization_check(ctx, density, first, guided_sets[first][0])
     cost = cost_table(density, first, baseline_seconds / spec.n, guided_sets[first][1] / spec.n)
     if spec.grid:
-        ctx.job.put_bytes(f"{PREFIX}/fig3.png", fig3_png(spec, {name: s[0] for name, s in guided_sets.items()}))
+        cells = {pair: guided_sets[name][0] for name, pair in zip(names, pairs, strict=True)}
+        ctx.job.put_bytes(f"{PREFIX}/fig3.png", fig3_png(spec, cells, FIG3_SEEDS))
     summary: dict[str, Any] = {
         "pairs": [{"alpha": a, "beta": b, "set": set_name(a, b)} for a, b in pairs],
         "n": spec.n,
@@ -243,27 +242,27 @@ def training_data(ctx: StageContext) -> Split:
     """The dataset split into training and held-out images; refuses datasets the stage cannot use."""
     dataset, info = ctx.dataset, ctx.checkpoint.info
     if dataset.info.kind != "images":
-        raise ValueError("the guided stage trains guidance networks on images; this dataset holds features only")
+        raise InvalidInput("the guided stage trains guidance networks on images; this dataset holds features only")
     height, width, channels = dataset.info.item_shape
     if (height, width, channels) != (info.sample_size, info.sample_size, info.in_channels):
-        raise ValueError(
+        raise InvalidInput(
             f"the dataset's images are {height}x{width}x{channels} but the checkpoint generates "
             f"{info.sample_size}x{info.sample_size}x{info.in_channels}; use the dataset the checkpoint was trained on"
         )
     if len(dataset.heldout_indices()) < 2:
-        raise ValueError(
+        raise InvalidInput(
             "the guided stage compares samples with held-out real images; ingest the dataset with heldout_fraction > 0"
         )
     labels = dataset.labels
     if info.num_class_embeds is not None:
         if labels is None:
-            raise ValueError(
+            raise InvalidInput(
                 "the checkpoint is class-conditional, so each class is guided with that class's hardness, but the "
                 "dataset has no labels; upload the dataset with one folder per class (or an .npz with labels)"
             )
         num_classes = len(dataset.info.class_names or [])
         if num_classes != info.num_class_embeds:
-            raise ValueError(
+            raise InvalidInput(
                 f"the dataset has {num_classes} classes but the checkpoint {info.num_class_embeds}; "
                 "use the dataset the checkpoint was trained on"
             )
@@ -286,9 +285,9 @@ def guidance_classifier(
     """The uploaded classifier, the cached one, or one trained now; None for an unlabelled dataset."""
     spec: GuidedSpec = ctx.spec.guided
     if spec.classifier_weights is not None:
-        path = local_weights_path(spec.classifier_weights)
+        path = local_weights_path(spec.classifier_weights, weights_dir=ctx.weights_dir)
         if path.suffix != ".safetensors":
-            raise ValueError(f"classifier_weights must be a .safetensors file saved by network_to_bytes, got {path}")
+            raise InvalidInput("guided.classifier_weights must be a .safetensors file saved by network_to_bytes")
         network = network_from_bytes(path.read_bytes(), ctx.device)
         check_network(network, real_x0.shape[1], ctx.checkpoint.info.num_class_embeds or network.config["num_classes"])
         return network, {"source": "uploaded", "path": str(path)}
@@ -298,9 +297,9 @@ def guidance_classifier(
         f"guidance/{ctx.dataset.info.content_hash}/classifier-{schedule_hash(alphas_cumprod)}"
         f"-steps{spec.classifier_steps}-seed{spec.seed}-r{RECIPE_VERSION}.safetensors"
     )
-    cache_hit = ctx.cache.exists(key)
-    if not cache_hit:
-        network = train_guidance_classifier(
+
+    def trained() -> TimeConditionedCNN:
+        return train_guidance_classifier(
             real_x0,
             torch.from_numpy(labels),
             alphas_cumprod,
@@ -310,8 +309,8 @@ def guidance_classifier(
             device=ctx.device,
             progress=progress.callback("classifier", REPORT_EVERY),
         )
-        ctx.cache.put_bytes(key, network_to_bytes(network))
-    network = network_from_bytes(ctx.cache.get_bytes(key), ctx.device)
+
+    network, cache_hit = get_or_compute(ctx.cache, key, trained, save_network, load_network(ctx.device))
     return network, {
         "source": "trained",
         "cache_key": key,
@@ -324,7 +323,7 @@ def check_network(network: TimeConditionedCNN, in_channels: int, num_classes: in
     """An uploaded classifier must take the checkpoint's images and have one output per class."""
     config = network.config
     if config["in_channels"] != in_channels or config["num_classes"] != num_classes:
-        raise ValueError(
+        raise InvalidInput(
             f"the uploaded guidance classifier takes {config['in_channels']} channel(s) and has "
             f"{config['num_classes']} classes; the checkpoint needs {in_channels} channel(s) and {num_classes} classes"
         )
@@ -344,8 +343,8 @@ def guidance_discriminator(
         f"-{spec.steps}steps-{num_synthetic}samples-steps{spec.discriminator_steps}-seed{spec.seed}"
         f"-r{RECIPE_VERSION}.safetensors"
     )
-    cache_hit = ctx.cache.exists(key)
-    if not cache_hit:
+
+    def trained() -> tuple[TimeConditionedCNN, np.ndarray]:
         synthetic = synthetic_images(ctx, num_synthetic, progress.callback("synthetic"))
         network = train_discriminator(
             real_x0,
@@ -356,12 +355,27 @@ def guidance_discriminator(
             device=ctx.device,
             progress=progress.callback("discriminator", REPORT_EVERY),
         )
-        save_array(ctx.cache, synthetic_key(key), synthetic)
-        ctx.cache.put_bytes(key, network_to_bytes(network))
         ctx.job.delete_prefix(f"{PREFIX}/{DISCRIMINATOR_SET}")
-    network = network_from_bytes(ctx.cache.get_bytes(key), ctx.device)
+        return network, synthetic
+
+    def save(cache: ArtifactStore, key: str, trained: tuple[TimeConditionedCNN, np.ndarray]) -> None:
+        save_array(cache, synthetic_key(key), trained[1])
+        save_network(cache, key, trained[0])
+
+    def load(cache: ArtifactStore, key: str) -> tuple[TimeConditionedCNN, np.ndarray]:
+        return load_network(ctx.device)(cache, key), load_array(cache, synthetic_key(key), mmap=False)
+
+    (network, synthetic), cache_hit = get_or_compute(ctx.cache, key, trained, save, load)
     info = {"cache_key": key, "cache_hit": cache_hit, "train_steps": spec.discriminator_steps, "samples": num_synthetic}
-    return network, load_array(ctx.cache, synthetic_key(key), mmap=False), info
+    return network, synthetic, info
+
+
+def save_network(cache: ArtifactStore, key: str, network: TimeConditionedCNN) -> None:
+    cache.put_bytes(key, network_to_bytes(network))
+
+
+def load_network(device: torch.device) -> Callable[[ArtifactStore, str], TimeConditionedCNN]:
+    return lambda cache, key: network_from_bytes(cache.get_bytes(key), device)
 
 
 def synthetic_key(discriminator_key: str) -> str:
@@ -450,128 +464,25 @@ def draw_set(
     count: int | None = None,
     seed: int | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Samples 0..count-1 (sample i from seed + i, class labels[i]) with or without guidance, and the seconds spent.
-
-    Each batch is stored (`guided/<name>/batches/`) with its drawing time as soon as it is drawn, so an interrupted
-    run resumes at the first missing batch; then they are assembled into `guided/<name>/images.npy`.
-    """
+    """Samples 0..count-1 (sample i from seed + i, class labels[i]) with or without guidance, and the seconds spent
+    drawing them, resumable by batch (diffaudit.common.batches) into `guided/<name>/images.npy`."""
     spec: GuidedSpec = ctx.spec.guided
-    count = len(labels) if labels is not None else (count or spec.n)
-    seed = spec.seed if seed is None else seed
-    images_key, seconds_key = f"{PREFIX}/{name}/images.npy", f"{PREFIX}/{name}/seconds.json"
-    if ctx.job.exists(images_key):
-        return load_array(ctx.job, images_key, mmap=False), float(load_json(ctx.job, seconds_key)["seconds"])
-    batch_key = f"{PREFIX}/{name}/batches/{{:08d}}".format
-    starts = range(0, count, spec.batch_size)
-    resume_at = next((s for s in starts if not ctx.job.exists(batch_key(s) + ".npy")), count)
-    report(resume_at, count)
     checkpoint: Checkpoint = ctx.checkpoint
-    batches = sample_batches(
-        checkpoint.unet,
-        make_scheduler(spec.scheduler, checkpoint.scheduler_config),
+    count = len(labels) if labels is not None else (count or spec.n)
+    drawn = draw_resumable(
+        Batches(ctx.job, f"{PREFIX}/{name}/images.npy", f"{PREFIX}/{name}/batches"),
+        unet=checkpoint.unet,
+        scheduler=make_scheduler(spec.scheduler, checkpoint.scheduler_config),
         n=count,
         steps=spec.steps,
-        seed=seed,
+        seed=spec.seed if seed is None else seed,
         batch_size=spec.batch_size,
         class_labels=labels,
         device=ctx.device,
-        start=resume_at,
         guidance=guidance,
+        report=report,
     )
-    started = time.perf_counter()
-    for start, images in batches:
-        save_json(ctx.job, batch_key(start) + ".json", {"seconds": time.perf_counter() - started})
-        save_array(ctx.job, batch_key(start) + ".npy", images)
-        report(start + len(images), count)
-        started = time.perf_counter()
-    images = np.concatenate([load_array(ctx.job, batch_key(s) + ".npy", mmap=False) for s in starts])
-    seconds = sum(float(load_json(ctx.job, batch_key(s) + ".json")["seconds"]) for s in starts)
-    save_array(ctx.job, images_key, images)
-    save_json(ctx.job, seconds_key, {"seconds": seconds})
-    ctx.job.delete_prefix(f"{PREFIX}/{name}/batches")
-    return images, seconds
-
-
-class DensityReport:
-    """Density metrics in the features of an extractor independent of the guidance networks (Sec. 4.2, Fig. 7).
-
-    Training features are the reference of AvgkNN, LOF and precision; their class Gaussians (Ledoit-Wolf) give the
-    hardness of Eq. 3 (one Gaussian when unlabelled).
-    """
-
-    def __init__(self, extractor: Extractor, train: np.ndarray, gaussians: ClassGaussians, batch_size: int) -> None:
-        self.extractor = extractor
-        self.train = train
-        self.gaussians = gaussians
-        self.batch_size = batch_size
-        self.values: dict[str, dict[str, np.ndarray]] = {}
-        self.features: dict[str, np.ndarray] = {}
-
-    @classmethod
-    def build(cls, ctx: StageContext, extractor: Extractor, train_labels: np.ndarray | None) -> DensityReport:
-        batch_size = ctx.spec.guided.batch_size
-        features = training_features(ctx.dataset, extractor, ctx.cache, batch_size)
-        train = np.asarray(features[ctx.dataset.train_indices()], dtype=np.float64)
-        return cls(extractor, train, ClassGaussians.fit(train, train_labels), batch_size)
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [self.extractor(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        ).astype(np.float64)
-
-    def measure(self, ctx: StageContext, name: str, images: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-        """Hardness, AvgkNN and LOF of every image (stored as `guided/<name>/<metric>.npy`), summarised; precision."""
-        features = self.embed(images)
-        values = {
-            "hardness": self.gaussians.hardness_score(features, labels),
-            "avg_knn": avg_knn_distance(features, self.train),
-            "lof": local_outlier_factor(features, self.train),
-        }
-        for metric, array in values.items():
-            save_array(ctx.job, f"{PREFIX}/{name}/{metric}.npy", array)
-        self.values[name], self.features[name] = values, features
-        return {
-            **{metric: summarize(array) for metric, array in values.items()},
-            "precision": precision(features, self.train),
-        }
-
-    def versus_baseline(self, name: str) -> dict[str, dict[str, float]]:
-        """Effect size and p-values of each metric, guided set `name` versus the baseline samples."""
-        return {
-            metric: compare_distributions(self.values["baseline"][metric], self.values[name][metric])
-            for metric in METRICS
-        }
-
-
-def histograms_png(density: DensityReport, precisions: dict[str, float]) -> bytes:
-    """Figs. 4 and 7: hardness, AvgkNN and LOF histograms of every set, and each set's precision."""
-    figure = Figure(figsize=(17, 3.8), layout="constrained")
-    axes = figure.subplots(1, 4)
-    titles = {
-        "hardness": "hardness score (Eq. 3)",
-        "avg_knn": "AvgkNN distance (k = 5)",
-        "lof": "local outlier factor (k = 20)",
-    }
-    for axis, metric in zip(axes[:3], METRICS, strict=True):
-        pooled = np.concatenate([values[metric] for values in density.values.values()])
-        low, high = np.percentile(pooled, [0.5, 99.5])
-        bins = np.linspace(float(low), float(high), 40)
-        for name, values in density.values.items():
-            axis.hist(np.clip(values[metric], bins[0], bins[-1]), bins=bins, histtype="step", density=True, label=name)
-        axis.set_title(titles[metric])
-        axis.set_ylabel("density")
-    axes[0].legend(fontsize="small")
-    axes[3].bar(range(len(precisions)), list(precisions.values()))
-    axes[3].set_xticks(range(len(precisions)), list(precisions), rotation=45, ha="right", fontsize="small")
-    axes[3].set_title("precision (k = 3)")
-    axes[3].set_ylim(0, 1)
-    return figure_png(figure)
-
-
-def figure_png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return np.array(drawn.images), drawn.seconds
 
 
 def memorization_check(ctx: StageContext, density: DensityReport, name: str, images: np.ndarray) -> dict[str, Any]:
@@ -620,24 +531,6 @@ def ratio(numerator: float, denominator: float) -> float | None:
 def finite_or_none(row: dict[str, float]) -> dict[str, float | None]:
     """JSON has no infinity or NaN: an unbounded range or an impossible cost becomes null."""
     return {key: value if math.isfinite(value) else None for key, value in row.items()}
-
-
-def fig3_png(spec: GuidedSpec, sets: dict[str, np.ndarray]) -> bytes:
-    """Fig. 3: rows alpha, columns beta; each cell the first FIG3_SEEDS samples, one seed per column."""
-    seeds = min(FIG3_SEEDS, spec.n)
-    figure = Figure(figsize=(1.2 * seeds * len(spec.betas) + 1, 1.3 * len(spec.alphas) + 0.6), layout="constrained")
-    axes = np.asarray(figure.subplots(len(spec.alphas), len(spec.betas), squeeze=False))
-    for row, alpha in enumerate(spec.alphas):
-        for column, beta in enumerate(spec.betas):
-            axis = axes[row, column]
-            axis.imshow(np.asarray(image_grid(sets[set_name(alpha, beta)][:seeds], ncols=seeds)), cmap="gray")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(f"beta = {beta:g}")
-            if column == 0:
-                axis.set_ylabel(f"alpha = {alpha:g}")
-    return figure_png(figure)
 
 
 def headline(summary: dict[str, Any], name: str) -> str:

@@ -21,6 +21,10 @@ Artifacts (under `memorization/`):
   volume_growth/curve.npy and curve.png (return_curve)
 Volume-growth scores are stored in chunks of CHUNK_IMAGES images as they are computed; an interrupted job skips
 the finished chunks, and since image i's axes depend only on seed + i, the result equals an uninterrupted run.
+
+After an early rejection (the sample stage stopped), `after_rejection` runs the cheap part on the samples drawn so
+far: the extraction test and nearest-neighbour distances in pixel space (the features stage has not run), so that
+the rejected model's most telling evidence, the training images it copies, is shown beside the rejection.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ import math
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from diffaudit.checkpoints import Checkpoint
 from diffaudit.datasets import Dataset
+from diffaudit.errors import InvalidInput
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.metrics.memorization import (
     Extraction,
@@ -45,13 +49,13 @@ from diffaudit.metrics.memorization import (
     nearest_neighbour_distances,
 )
 from diffaudit.metrics.volume_growth import volume_growth_dataset
-from diffaudit.pipeline import Queue, StageContext
+from diffaudit.plots.memorization import curve_png, histogram_png
 from diffaudit.spec import MemorizationSpec
+from diffaudit.stages import artifacts
+from diffaudit.stages.base import Queue, StageContext
 from diffaudit.store import load_array, save_array
 
 PREFIX = "memorization"
-SAMPLES_KEY = "sample/images.npy"
-GENERATED_FEATURES_KEY = "features/generated.npy"
 GROWTH_PREFIX = f"{PREFIX}/volume_growth"
 CHUNKS_PREFIX = f"{GROWTH_PREFIX}/chunks"
 CHUNK_IMAGES = 1024  # volume-growth scores stored per chunk of this many training images
@@ -68,29 +72,28 @@ def rows_of(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return array if len(indices) == len(array) else array[indices]
 
 
-def check_inputs(ctx: StageContext, spec: MemorizationSpec) -> None:
+def check_inputs(ctx: StageContext, spec: MemorizationSpec, samples: np.ndarray, spaces: tuple[str, ...]) -> None:
     """Refuse, with a message that says what to change, what the stage cannot compute."""
-    dataset, samples = ctx.dataset, load_array(ctx.job, SAMPLES_KEY)
+    dataset = ctx.dataset
     if dataset.info.kind != "images":
-        raise ValueError("the memorization stage needs a dataset of images (volume growth runs the model on them)")
-    if "features" in spaces_of(spec.space) and "features" not in ctx.results:
-        raise ValueError(f"memorization.space {spec.space!r} uses the features stage: add 'features' to stages")
-    if "pixels" in spaces_of(spec.space) and samples.shape[1:] != dataset.info.item_shape:
-        raise ValueError(
+        raise InvalidInput("the memorization stage needs a dataset of images (volume growth runs the model on them)")
+    if "features" in spaces and "features" not in ctx.results:
+        raise InvalidInput(f"memorization.space {spec.space!r} uses the features stage: add 'features' to stages")
+    if "pixels" in spaces and samples.shape[1:] != dataset.info.item_shape:
+        raise InvalidInput(
             f"generated samples are {samples.shape[1:]} but the dataset's images are {dataset.info.item_shape}: "
             "pixel distances need equal shapes; set memorization.space to 'features'"
         )
     n_train = len(dataset.train_indices())
     if spec.n_neighbours > n_train:
-        raise ValueError(f"memorization.n_neighbours ({spec.n_neighbours}) exceeds the {n_train} training images")
+        raise InvalidInput(f"memorization.n_neighbours ({spec.n_neighbours}) exceeds the {n_train} training images")
 
 
-def vectors_in(ctx: StageContext, space: str) -> tuple[np.ndarray, np.ndarray]:
-    """Generated samples and ALL dataset items (index with train/heldout indices) as rows of one space."""
+def vectors_in(ctx: StageContext, space: str, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The samples and ALL dataset items (index with train/heldout indices) as rows of one space."""
     if space == "pixels":
-        return load_array(ctx.job, SAMPLES_KEY), ctx.dataset.images
-    key = ctx.results["features"]["training_features_key"]
-    return load_array(ctx.job, GENERATED_FEATURES_KEY), load_array(ctx.cache, key)
+        return samples, ctx.dataset.images
+    return artifacts.generated_features(ctx), artifacts.dataset_features(ctx)
 
 
 def pairs_grid(samples: np.ndarray, training: np.ndarray, extraction: Extraction, n_pairs: int) -> bytes | None:
@@ -117,32 +120,11 @@ def class_name(dataset: Dataset, index: int) -> str:
     return "" if labels is None or names is None else names[int(labels[index])]
 
 
-def figure_png(figure: Figure) -> bytes:
-    """A matplotlib figure (Agg canvas, no pyplot state) as PNG."""
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
-def histogram_png(series: dict[str, np.ndarray], edges: np.ndarray, xlabel: str, title: str) -> bytes:
-    figure = Figure(figsize=(6, 3.5))
-    axis = figure.subplots()
-    for label, values in series.items():
-        axis.hist(values, bins=edges.tolist(), alpha=0.55, label=f"{label} (n={len(values)})")
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel("count")
-    axis.set_title(title)
-    if len(series) > 1:
-        axis.legend()
-    return figure_png(figure)
-
-
-def extraction_in(ctx: StageContext, spec: MemorizationSpec, space: str) -> dict[str, Any]:
+def extraction_in(ctx: StageContext, spec: MemorizationSpec, space: str, samples: np.ndarray) -> dict[str, Any]:
     """Extraction test (Hasegawa and Yasuda, Eq. 7) and nearest-neighbour comparison (Sehwag et al., Sec. 5) in one
     space; stores artifacts."""
     dataset, prefix = ctx.dataset, f"{PREFIX}/{space}"
-    generated, items = vectors_in(ctx, space)
+    generated, items = vectors_in(ctx, space, samples)
     train_indices, heldout_indices = dataset.train_indices(), dataset.heldout_indices()
     training = rows_of(items, train_indices)
     found = extraction_test(
@@ -156,7 +138,7 @@ def extraction_in(ctx: StageContext, spec: MemorizationSpec, space: str) -> dict
     extraction = dataclasses.replace(found, nearest_index=train_indices[found.nearest_index])  # dataset indices
     save_array(ctx.job, f"{prefix}/extraction_score.npy", extraction.score)
     save_array(ctx.job, f"{prefix}/nearest_index.npy", extraction.nearest_index)
-    samples, images = load_array(ctx.job, SAMPLES_KEY), dataset.images
+    images = dataset.images
     grid = pairs_grid(samples, images, extraction, spec.grid_pairs)
     if grid is not None:
         ctx.job.put_bytes(f"{prefix}/flagged_pairs.png", grid)
@@ -207,10 +189,10 @@ def growth_labels(checkpoint: Checkpoint, dataset: Dataset) -> np.ndarray | None
     if n_classes is None:
         return None
     if dataset.labels is None:
-        raise ValueError("the checkpoint is class-conditional but the dataset has no labels to condition it on")
+        raise InvalidInput("the checkpoint is class-conditional but the dataset has no labels to condition it on")
     labels = np.asarray(dataset.labels)
     if labels.size and int(labels.max()) >= n_classes:
-        raise ValueError(
+        raise InvalidInput(
             f"the dataset has labels up to {int(labels.max())} but the checkpoint knows {n_classes} classes"
         )
     return labels
@@ -223,7 +205,7 @@ def score_training_images(ctx: StageContext, spec: MemorizationSpec, indices: np
     dataset, n = ctx.dataset, len(indices)
     item_shape = (checkpoint.info.sample_size, checkpoint.info.sample_size, checkpoint.info.in_channels)
     if dataset.info.item_shape != item_shape:
-        raise ValueError(f"the checkpoint makes {item_shape} images but the dataset's are {dataset.info.item_shape}")
+        raise InvalidInput(f"the checkpoint makes {item_shape} images but the dataset's are {dataset.info.item_shape}")
     labels = growth_labels(checkpoint, dataset)
     options = {
         "n_axes": spec.n_axes,
@@ -272,20 +254,6 @@ def ranking(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, kind="stable")
 
 
-def curve_png(curve: np.ndarray) -> bytes:
-    steps = np.arange(1, curve.shape[1] + 1)
-    figure = Figure(figsize=(6, 3.5))
-    axis = figure.subplots()
-    low, middle, high = np.quantile(curve, [0.1, 0.5, 0.9], axis=0)
-    axis.fill_between(steps, low, high, alpha=0.3, label="10-90% of images")
-    axis.plot(steps, middle, label="median")
-    axis.set_xlabel("ODE step t")
-    axis.set_ylabel("log l_t")
-    axis.set_title("Volume growth along the probability-flow ODE (Hasegawa and Yasuda, Eq. 13)")
-    axis.legend()
-    return figure_png(figure)
-
-
 def volume_growth_in(ctx: StageContext, spec: MemorizationSpec) -> dict[str, Any]:
     """Volume growth of the training images: scores, ranking, grids, histogram, CSV, curve; stores artifacts."""
     dataset = ctx.dataset
@@ -332,7 +300,7 @@ def volume_growth_in(ctx: StageContext, spec: MemorizationSpec) -> dict[str, Any
     }
 
 
-def headline(spaces: dict[str, dict[str, Any]], growth: dict[str, Any]) -> str:
+def headline(spaces: dict[str, dict[str, Any]], growth: dict[str, Any] | None) -> str:
     parts = []
     for space, result in spaces.items():
         extraction, neighbours = result["extraction"], result["nearest_neighbours"]
@@ -343,6 +311,8 @@ def headline(spaces: dict[str, dict[str, Any]], growth: dict[str, Any]) -> str:
         if neighbours.get("mean_ratio") is not None:
             text += f", generated-to-training NN distance {neighbours['mean_ratio']:.2f}x held-out's"
         parts.append(text)
+    if growth is None:
+        return "; ".join(parts)
     best = growth["top"][0] if growth["top"] else None
     growth_text = f"volume growth of {growth['n_scored']} training images: mean {growth['score']['mean']:.3g}"
     if best is not None:
@@ -356,7 +326,26 @@ class MemorizationStage:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         spec = ctx.spec.memorization
-        check_inputs(ctx, spec)
-        spaces = {space: extraction_in(ctx, spec, space) for space in spaces_of(spec.space)}
+        samples = artifacts.samples(ctx)
+        check_inputs(ctx, spec, samples, spaces_of(spec.space))
+        spaces = {space: extraction_in(ctx, spec, space, samples) for space in spaces_of(spec.space)}
         growth = volume_growth_in(ctx, spec)
         return {"spaces": spaces, "volume_growth": growth, "headline": headline(spaces, growth)}
+
+    def after_rejection(self, ctx: StageContext) -> dict[str, Any] | None:
+        """The extraction test and nearest-neighbour distances in pixels of the samples drawn before an early
+        rejection (no volume growth: it is the costly part); None when the dataset's images cannot be compared."""
+        spec, samples = ctx.spec.memorization, artifacts.samples_before_rejection(ctx)
+        if samples is None:
+            return None
+        try:
+            check_inputs(ctx, spec, samples, ("pixels",))
+        except InvalidInput as refused:
+            return {"headline": f"not computed: {refused}", "samples": len(samples)}
+        spaces = {"pixels": extraction_in(ctx, spec, "pixels", samples)}
+        return {
+            "headline": headline(spaces, None),
+            "samples": len(samples),
+            "spaces": spaces,
+            "note": "on the samples drawn before the rejection, in pixel space; volume growth is not computed",
+        }

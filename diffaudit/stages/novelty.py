@@ -1,4 +1,5 @@
-"""The `novelty` stage: diverse samples (DS), paper 000_9bfb40988b9fce7f, Sec. 3.5, Algorithms 1-2, Tables 1-4.
+"""The `novelty` stage: diverse samples (DS), "The deficit of new information in diffusion
+models", Sec. 3.5, Algorithms 1-2, Tables 1-4.
 
 For the job's samples and features (the `sample` and `features` stages) it runs the t-SNE + Quickhull
 detection over several seeds (diffaudit.metrics.novelty), the k-NN support detector, the entropy and
@@ -18,10 +19,7 @@ stored as they are made, and a job resumed after an interruption picks up at the
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import io
-import json
 import tempfile
 import time
 import zipfile
@@ -30,18 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from diffaudit.features.cache import extract_features, training_features
+from diffaudit.checkpoints import class_labels_for, make_scheduler
+from diffaudit.common.batches import Batches, draw_resumable
+from diffaudit.features.cache import extract_features
 from diffaudit.features.extractors import Extractor
-from diffaudit.features.registry import create_extractor
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.metrics.novelty import (
-    FIXED_FORMAT,
     FixedEmbedding,
     TsneDetection,
-    TsneParams,
-    fit_fixed_embedding,
     hull_margin,
     knn_radii,
     majority,
@@ -49,21 +44,27 @@ from diffaudit.metrics.novelty import (
     outside_knn_balls,
     seed_summary,
     training_hull,
-    tsne_diverse_samples,
-    tsne_plot_png,
 )
-from diffaudit.pipeline import Queue, StageContext
+from diffaudit.plots.novelty import figure_one_png, tsne_plot_png
 from diffaudit.retrieval.knn import nearest_neighbours
-from diffaudit.spec import NoveltySpec
-from diffaudit.store import ArtifactStore, ScopedStore, load_array, load_json, save_array, save_json
+from diffaudit.stages import artifacts
+from diffaudit.stages.artifacts import DS_KEY
+from diffaudit.stages.base import Queue, StageContext
+from diffaudit.stages.diverse_samples import (
+    ExtractorRef,
+    cached_fixed_embedding,
+    detect,
+    extractors_of,
+    fixed_embedding_prefix,
+    make_extractor,
+    training_rows,
+    tsne_params,
+)
+from diffaudit.store import load_array, load_json, save_array, save_json
 
-SAMPLES_KEY = "sample/images.npy"
-LABELS_KEY = "sample/labels.npy"
-GENERATED_FEATURES_KEY = "features/generated.npy"
 TRAIN_2D_KEY = "novelty/train_2d.npy"
 GENERATED_2D_KEY = "novelty/generated_2d.npy"
 OUTSIDE_KEY = "novelty/outside.npy"  # (n_seeds, n) bool: outside the hull, per seed
-DS_KEY = "novelty/ds.npy"  # (n,) bool: majority of seeds
 KNN_OUTSIDE_KEY = "novelty/knn_outside.npy"  # (n,) bool: outside every training k-NN ball
 TSNE_PNG_KEY = "novelty/tsne.png"
 FIGURE_KEY = "novelty/diverse_samples.png"
@@ -77,7 +78,6 @@ FIXED_MODE_LIMITATION = (
     "read knn_support beside it (docs/novelty.md)"
 )
 FIGURE_TILES = 36  # images per panel of the Fig. 1 artifact
-BH_LIMIT = 10_000  # openTSNE: Barnes-Hut below this many training points, FFT above
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,6 @@ class Solver:
         return f"{self.scheduler}-{self.steps}"
 
 
-@dataclass(frozen=True)
-class ExtractorRef:
-    name: str
-    weights: str | None
-    from_features_stage: bool
-
-
 def solvers_of(ctx: StageContext) -> list[Solver]:
     """The sample stage's solver first, then the requested ones (repeats dropped)."""
     solvers = [Solver(ctx.spec.sample.scheduler, ctx.spec.sample.steps, True)]
@@ -107,62 +100,28 @@ def solvers_of(ctx: StageContext) -> list[Solver]:
     return solvers
 
 
-def extractors_of(ctx: StageContext) -> list[ExtractorRef]:
-    """The features stage's extractor first, then the requested ones (repeats dropped)."""
-    refs = [ExtractorRef(ctx.spec.features.extractor, ctx.spec.features.weights, True)]
-    for choice in ctx.spec.novelty.extractors:
-        if all((r.name, r.weights) != (choice.name, choice.weights) for r in refs):
-            refs.append(ExtractorRef(choice.name, choice.weights, False))
-    return refs
-
-
-def tsne_params(spec: NoveltySpec, n_train: int) -> TsneParams:
-    """t-SNE settings from the spec; threads = torch's deliberately configured count."""
-    return TsneParams(
-        perplexity=spec.perplexity,
-        pca_dims=spec.pca_dims,
-        n_iter=spec.n_iter,
-        early_exaggeration_iter=spec.n_iter // 2,
-        transform_iter=spec.transform_iter,
-        negative_gradient_method="bh" if n_train < BH_LIMIT else "fft",
-        n_jobs=torch.get_num_threads(),
-    )
-
-
 # --- samples and features of every (solver, extractor) ---------------------------------------
 
 
 def solver_images(ctx: StageContext, solver: Solver) -> tuple[np.ndarray, float | None]:
     """The solver's samples (drawn and stored on first use, resumable by batch) and the seconds drawing took."""
     if solver.from_sample_stage:
-        return load_array(ctx.job, SAMPLES_KEY), ctx.results.get("sample", {}).get("seconds")
-    from diffaudit.stages.sample import IMAGES_KEY, draw_samples
-
-    scope = ScopedStore(ctx.job, f"{SOLVERS_PREFIX}/{solver.label}")
-    timing_key = "timing.json"
-    if not scope.exists(timing_key):
-        sample_spec = ctx.spec.sample.model_copy(update={"scheduler": solver.scheduler, "steps": solver.steps})
-        sub = dataclasses.replace(
-            ctx,
-            spec=ctx.spec.model_copy(update={"sample": sample_spec}),
-            job=scope,
-            report=lambda done, total: None,  # the stage reports whole rows
-            _checkpoint=ctx.checkpoint,
-        )
-        started = time.perf_counter()
-        draw_samples(sub)
-        save_json(scope, timing_key, {"seconds": time.perf_counter() - started})
-    return load_array(scope, IMAGES_KEY), float(load_json(scope, timing_key)["seconds"])
-
-
-def make_extractor(ctx: StageContext, ref: ExtractorRef) -> Extractor:
-    return create_extractor(
-        ref.name,
-        weights=ref.weights,
-        seed=ctx.spec.features.seed,
+        return artifacts.samples(ctx), artifacts.summary_of(ctx, "sample").seconds
+    sample, checkpoint = ctx.spec.sample, ctx.checkpoint
+    where = f"{SOLVERS_PREFIX}/{solver.label}/sample"
+    drawn = draw_resumable(
+        Batches(ctx.job, f"{where}/images.npy", f"{where}/batches"),
+        unet=checkpoint.unet,
+        scheduler=make_scheduler(solver.scheduler, checkpoint.scheduler_config),
+        n=sample.n,
+        steps=solver.steps,
+        seed=sample.seed,
+        batch_size=sample.batch_size,
+        class_labels=class_labels_for(sample.n, checkpoint.info.num_class_embeds, sample.class_label),
         device=ctx.device,
-        allow_downloads=ctx.allow_downloads,
+        check_cancelled=ctx.check_cancelled,
     )
+    return drawn.images, drawn.seconds
 
 
 def generated_features(
@@ -170,7 +129,7 @@ def generated_features(
 ) -> tuple[np.ndarray, float]:
     """Features of the solver's samples under the extractor (the features stage's when both are the job's)."""
     if solver.from_sample_stage and ref.from_features_stage:
-        return load_array(ctx.job, GENERATED_FEATURES_KEY), 0.0
+        return artifacts.generated_features(ctx), 0.0
     key = f"{FEATURES_PREFIX}/{solver.label}/{extractor.cache_key()}.npy"
     started = time.perf_counter()
     if not ctx.job.exists(key):
@@ -183,69 +142,12 @@ def generated_features(
     return load_array(ctx.job, key), time.perf_counter() - started
 
 
-def training_rows(ctx: StageContext, ref: ExtractorRef, extractor: Extractor) -> tuple[np.ndarray, str]:
-    """Features of the training split under the extractor, and a cache name for them."""
-    dataset = ctx.dataset
-    if ref.from_features_stage:
-        key = ctx.results["features"]["training_features_key"]
-        everything = dataset.features if key is None else load_array(ctx.cache, key)
-        name = "dataset-features" if key is None else ctx.results["features"]["cache_key"]
-    else:
-        if dataset.info.kind == "features":
-            raise ValueError(
-                "novelty.extractors needs an image dataset: this dataset holds features, so only the "
-                "features stage's extractor applies; remove novelty.extractors"
-            )
-        everything = training_features(dataset, extractor, ctx.cache, ctx.spec.features.batch_size)
-        name = extractor.cache_key()
-    return np.asarray(everything[dataset.train_indices()], dtype=np.float32), name
-
-
 def heldout_rows(ctx: StageContext) -> np.ndarray:
     """Features of the held-out split under the features stage's extractor (possibly empty)."""
-    key = ctx.results["features"]["training_features_key"]
-    everything = ctx.dataset.features if key is None else load_array(ctx.cache, key)
-    return np.asarray(everything[ctx.dataset.heldout_indices()], dtype=np.float32)
-
-
-# --- the fixed embedding, shared through the cache -------------------------------------------
-
-
-def fixed_embedding_prefix(ctx: StageContext, features_name: str, seeds: tuple[int, ...], params: TsneParams) -> str:
-    """Cache folder of the fixed embedding: dataset content, training split, features and t-SNE settings."""
-    split = hashlib.sha256(np.ascontiguousarray(ctx.dataset.train_indices(), dtype=np.int64).tobytes()).hexdigest()
-    settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "n_jobs"}
-    what = {"format": FIXED_FORMAT, "seeds": list(seeds), "params": settings, "train_split": split}
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
-    safe_name = features_name.replace("/", "_").replace(":", "_")
-    return f"tsne/{ctx.dataset.info.content_hash}/{safe_name}/{digest}"
-
-
-def cached_fixed_embedding(
-    cache: ArtifactStore, prefix: str, train: np.ndarray, seeds: tuple[int, ...], params: TsneParams, device: Any
-) -> tuple[FixedEmbedding, bool]:
-    """The fixed embedding from the cache, or fitted and stored there (meta.json last: it marks completeness)."""
-    meta_key = f"{prefix}/meta.json"
-    if cache.exists(meta_key):
-        metadata = load_json(cache, meta_key)
-        arrays = {name: load_array(cache, f"{prefix}/{name}.npy", mmap=False) for name in metadata["arrays"]}
-        return FixedEmbedding.restore(arrays, metadata, train), True
-    fixed = fit_fixed_embedding(train, seeds, params, device=device)
-    arrays = fixed.to_arrays()
-    for name, array in arrays.items():
-        save_array(cache, f"{prefix}/{name}.npy", array)
-    save_json(cache, meta_key, {**fixed.metadata(), "arrays": sorted(arrays)})
-    return fixed, False
+    return np.asarray(artifacts.dataset_features(ctx)[ctx.dataset.heldout_indices()], dtype=np.float32)
 
 
 # --- one row of the comparison ----------------------------------------------------------------
-
-
-def detect(
-    train: np.ndarray, generated: np.ndarray, spec: NoveltySpec, params: TsneParams, fixed: FixedEmbedding | None
-) -> TsneDetection:
-    seeds = tuple(range(spec.seeds))
-    return tsne_diverse_samples(train, generated, mode=spec.mode, seeds=seeds, params=params, fixed=fixed)
 
 
 def table_row(
@@ -323,33 +225,6 @@ def ds_zip(images: np.ndarray, labels: np.ndarray | None, scores: list[dict[str,
     return buffer.getvalue()
 
 
-def figure_one_png(ds_images: np.ndarray, ordinary: np.ndarray, training: np.ndarray) -> bytes:
-    """The paper's Fig. 1: DS beside ordinary generated samples and training images, one panel each."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 4.4), dpi=100)
-    FigureCanvasAgg(fig)
-    panels = [
-        (ds_images, f"diverse samples ({len(ds_images)} shown)"),
-        (ordinary, "ordinary generated samples"),
-        (training, "training images"),
-    ]
-    for position, (images, title) in enumerate(panels, start=1):
-        ax = fig.add_subplot(1, 3, position)
-        ax.set_axis_off()
-        ax.set_title(title, fontsize=10)
-        if len(images) == 0:
-            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
-            continue
-        grid = np.asarray(image_grid(images, ncols=6))
-        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def store_artifacts(
     ctx: StageContext,
     detection: TsneDetection,
@@ -366,8 +241,7 @@ def store_artifacts(
     save_array(job, DS_KEY, ds)
     save_array(job, KNN_OUTSIDE_KEY, knn_outside)
     job.put_bytes(TSNE_PNG_KEY, tsne_plot_png(detection, 0))
-    images = load_array(job, SAMPLES_KEY)
-    labels = load_array(job, LABELS_KEY) if job.exists(LABELS_KEY) else None
+    images, labels = artifacts.samples(ctx), artifacts.sample_labels(ctx)
     scores = ds_scores(detection, knn_outside, train, generated, ctx.device)
     shown = [r["sample_index"] for r in scores[:FIGURE_TILES]]
     ordinary = np.flatnonzero(~ds)[:FIGURE_TILES]

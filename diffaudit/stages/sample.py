@@ -1,46 +1,39 @@
 """The `sample` stage: N samples from the checkpoint with the spec's scheduler.
 
-Each batch is stored as `sample/batches/{start:08d}.npy` as soon as it is drawn, so a job
-killed mid-stage resumes at its first missing batch; since sample i depends only on seed + i,
-the result equals an uninterrupted run. At the end the batches are assembled into
-`sample/images.npy` (N, H, W, C) uint8 through a memory map (memory does not grow with N),
-with `sample/labels.npy` for class-conditional models and `sample/grid.png` (the first 64).
+Samples are drawn batch by batch through diffaudit.common.batches (resumable: a job killed mid-stage resumes at its
+first missing batch, with the same result) into `sample/images.npy` (N, H, W, C) uint8, with `sample/labels.npy`
+for class-conditional models and `sample/grid.png` (the first 64). With the irs stage's early rejection, every
+batch goes through the early-rejection monitor (diffaudit.stages.early_rejection); when it rejects, the samples
+drawn so far are kept as `sample/drawn_before_rejection.npy` for the analyses that run after a rejection.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffaudit.checkpoints import Checkpoint, class_labels_for, make_scheduler, sample_batches
+from diffaudit.checkpoints import Checkpoint, class_labels_for, make_scheduler
+from diffaudit.common import batches
+from diffaudit.common.batches import Batches, OnBatch, draw_resumable
 from diffaudit.imaging import image_grid, png_bytes
-from diffaudit.pipeline import Queue, StageContext
-from diffaudit.stages.irs import early_rejection_monitor
-from diffaudit.store import load_array, save_array
+from diffaudit.stages.artifacts import (
+    REJECTED_SAMPLES_KEY,
+    SAMPLE_BATCHES_PREFIX,
+    SAMPLE_LABELS_KEY,
+    SAMPLES_KEY,
+)
+from diffaudit.stages.base import Queue, Rejected, StageContext
+from diffaudit.stages.early_rejection import early_rejection_monitor
+from diffaudit.store import save_array
 
-IMAGES_KEY = "sample/images.npy"
-LABELS_KEY = "sample/labels.npy"
 GRID_KEY = "sample/grid.png"
-BATCHES_PREFIX = "sample/batches"
 GRID_SAMPLES = 64
-
-# Called with (index of the batch's first sample, uint8 NHWC images) for every batch in order,
-# including batches kept from an interrupted run; may raise diffaudit.pipeline.Rejected.
-OnBatch = Callable[[int, np.ndarray], None]
 
 
 def batch_key(start: int) -> str:
-    return f"{BATCHES_PREFIX}/{start:08d}.npy"
-
-
-def first_missing_batch(ctx: StageContext, n: int, batch_size: int) -> int:
-    """The first sample of the first batch not yet stored (n when all are)."""
-    return next((start for start in range(0, n, batch_size) if not ctx.job.exists(batch_key(start))), n)
+    """Where the batch starting at sample `start` is kept until the batches are assembled."""
+    return batches.batch_key(SAMPLE_BATCHES_PREFIX, start)
 
 
 def draw_samples(ctx: StageContext, on_batch: OnBatch | None = None) -> dict[str, Any]:
@@ -48,65 +41,43 @@ def draw_samples(ctx: StageContext, on_batch: OnBatch | None = None) -> dict[str
     spec = ctx.spec.sample
     checkpoint: Checkpoint = ctx.checkpoint
     labels = class_labels_for(spec.n, checkpoint.info.num_class_embeds, spec.class_label)
-    resume_at = first_missing_batch(ctx, spec.n, spec.batch_size)
-    for start in range(0, resume_at, spec.batch_size):
-        ctx.check_cancelled()
-        if on_batch is not None:
-            on_batch(start, load_array(ctx.job, batch_key(start), mmap=False))
-    ctx.report(resume_at, spec.n)
-    started = time.perf_counter()
-    batches = sample_batches(
-        checkpoint.unet,
-        make_scheduler(spec.scheduler, checkpoint.scheduler_config),
-        n=spec.n,
-        steps=spec.steps,
-        seed=spec.seed,
-        batch_size=spec.batch_size,
-        class_labels=labels,
-        device=ctx.device,
-        start=resume_at,
-    )
-    for start, images in batches:
-        save_array(ctx.job, batch_key(start), images)
-        if on_batch is not None:
-            on_batch(start, images)
-        ctx.report(start + len(images), spec.n)
-        ctx.check_cancelled()
-    seconds = time.perf_counter() - started
-    assemble_images(ctx, spec.n, spec.batch_size)
+    where = Batches(ctx.job, SAMPLES_KEY, SAMPLE_BATCHES_PREFIX)
+    try:
+        drawn = draw_resumable(
+            where,
+            unet=checkpoint.unet,
+            scheduler=make_scheduler(spec.scheduler, checkpoint.scheduler_config),
+            n=spec.n,
+            steps=spec.steps,
+            seed=spec.seed,
+            batch_size=spec.batch_size,
+            class_labels=labels,
+            device=ctx.device,
+            on_batch=on_batch,
+            report=ctx.report,
+            check_cancelled=ctx.check_cancelled,
+        )
+    except Rejected:
+        save_array(ctx.job, REJECTED_SAMPLES_KEY, where.drawn(spec.n, spec.batch_size))
+        raise
     if labels is not None:
-        save_array(ctx.job, LABELS_KEY, labels)
-    ctx.job.put_bytes(GRID_KEY, png_bytes(image_grid(np.asarray(load_array(ctx.job, IMAGES_KEY)[:GRID_SAMPLES]))))
-    ctx.job.delete_prefix(BATCHES_PREFIX)
-    drawn = spec.n - resume_at
-    speed = f", {drawn / seconds:.1f} images/s" if drawn else ""
+        save_array(ctx.job, SAMPLE_LABELS_KEY, labels)
+    ctx.job.put_bytes(GRID_KEY, png_bytes(image_grid(np.asarray(drawn.images[:GRID_SAMPLES]))))
+    speed = drawn.new / drawn.seconds if drawn.new and drawn.seconds > 0 else None
     summary: dict[str, Any] = {
-        "headline": f"{spec.n} samples with {spec.scheduler} ({spec.steps} steps){speed}",
+        "headline": f"{spec.n} samples with {spec.scheduler} ({spec.steps} steps)"
+        + (f", {speed:.1f} images/s" if speed is not None else ""),
         "n": spec.n,
         "scheduler": spec.scheduler,
         "steps": spec.steps,
         "seed": spec.seed,
-        "images_per_second": round(drawn / seconds, 3) if drawn else None,
+        "images_per_second": round(speed, 3) if speed is not None else None,
         "conditional": labels is not None,
     }
     if labels is not None:
         classes, counts = np.unique(labels, return_counts=True)
         summary["class_counts"] = {str(c): int(k) for c, k in zip(classes, counts, strict=True)}
     return summary
-
-
-def assemble_images(ctx: StageContext, n: int, batch_size: int) -> None:
-    """Copy the stored batches, in order, into one (N, H, W, C) uint8 array through a memory map."""
-    first = load_array(ctx.job, batch_key(0))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "images.npy"
-        images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, *first.shape[1:]))
-        for start in range(0, n, batch_size):
-            batch = load_array(ctx.job, batch_key(start))
-            images[start : start + len(batch)] = batch
-        images.flush()
-        del images
-        ctx.job.put_file(IMAGES_KEY, path)
 
 
 class SampleStage:

@@ -13,13 +13,6 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
 from diffaudit.checkpoints.sampling import denoise, sample_batches
-from diffaudit.guidance.classifier import (
-    TimeConditionedCNN,
-    add_noise,
-    network_from_bytes,
-    network_to_bytes,
-    train_guidance_classifier,
-)
 from diffaudit.guidance.hardness import fit_timestep_gaussians
 from diffaudit.guidance.losses import (
     GradientNorm,
@@ -35,6 +28,13 @@ from diffaudit.guidance.sampling import (
     shift_noise_prediction,
 )
 from diffaudit.metrics.density import ClassGaussians
+from diffaudit.models.guidance import (
+    TimeConditionedCNN,
+    add_noise,
+    network_from_bytes,
+    network_to_bytes,
+    train_guidance_classifier,
+)
 
 SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear"}
 CPU = torch.device("cpu")

@@ -26,8 +26,8 @@ from diffaudit.metrics.novelty import (
     seed_summary,
     training_hull,
     tsne_diverse_samples,
-    tsne_plot_png,
 )
+from diffaudit.plots.novelty import tsne_plot_png
 
 torch.set_num_threads(1)
 SMALL = TsneParams(n_iter=250, early_exaggeration_iter=125, negative_gradient_method="bh", neighbors="exact")

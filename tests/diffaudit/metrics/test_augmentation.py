@@ -9,17 +9,15 @@ import torch
 from diffaudit.metrics.augmentation import (
     choose_additions,
     class_counts,
-    classifier_pixels,
     confusion_matrix,
     find_minority,
     keep_fraction_of_class,
     overall_accuracy,
     per_class_accuracy,
-    predict,
     spread,
     top_up_count,
-    train_classifier,
 )
+from diffaudit.models.classifier import classifier_pixels, predict, train_classifier
 
 CPU = torch.device("cpu")
 

@@ -28,7 +28,9 @@ from diffaudit.features import (
 from diffaudit.features.registry import TORCHVISION_MODELS, seeded, state_dict_sha256
 from diffaudit.pipeline import Cancelled, StageContext
 from diffaudit.spec import EvaluationSpec, FeaturesSpec
-from diffaudit.stages.features import GENERATED_KEY, SAMPLES_KEY, FeaturesStage
+from diffaudit.stages.artifacts import GENERATED_FEATURES_KEY as GENERATED_KEY
+from diffaudit.stages.artifacts import SAMPLES_KEY
+from diffaudit.stages.features import FeaturesStage
 from diffaudit.store import LocalStore, ScopedStore, load_array, save_array, save_json
 
 CPU = torch.device("cpu")

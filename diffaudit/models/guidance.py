@@ -27,6 +27,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from diffaudit.errors import InvalidInput
+
 SYNTHETIC, REAL = 0, 1  # Sehwag et al. Eq. 6: class zero is synthetic, class one is real
 ProgressFn = Callable[[int, int], None]
 
@@ -220,5 +222,5 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     header = json.loads(data[8 : 8 + header_size])
     metadata = header.get("__metadata__")
     if not isinstance(metadata, dict) or "config" not in metadata:
-        raise ValueError("safetensors guidance network has no 'config' metadata (save it with network_to_bytes)")
+        raise InvalidInput("safetensors guidance network has no 'config' metadata (save it with network_to_bytes)")
     return metadata

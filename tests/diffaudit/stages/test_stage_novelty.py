@@ -18,6 +18,7 @@ from stage_jobs import Job, run_on_digits
 from diffaudit.metrics.novelty import majority, outside_knn_balls
 from diffaudit.pipeline import Cancelled, StageContext, run
 from diffaudit.spec import EvaluationSpec
+from diffaudit.stages import artifacts
 from diffaudit.stages import novelty as stage
 from diffaudit.store import ScopedStore, load_array, save_array
 
@@ -59,7 +60,7 @@ def test_counts_in_the_summary_match_the_stored_arrays(finished: Job) -> None:
     assert summary["tsne"]["majority_count"] == int(ds.sum())
     knn_outside = load_array(job, stage.KNN_OUTSIDE_KEY)
     assert summary["knn_support"]["count"] == int(knn_outside.sum())
-    expected = outside_knn_balls(training_split(finished), load_array(job, stage.GENERATED_FEATURES_KEY), k=3)
+    expected = outside_knn_balls(training_split(finished), load_array(job, artifacts.GENERATED_FEATURES_KEY), k=3)
     np.testing.assert_array_equal(knn_outside, expected)
     features = load_array(finished.store, "cache/" + finished.results["stages"]["features"]["training_features_key"])
     heldout = features[finished.dataset.heldout_indices()]
@@ -80,8 +81,8 @@ def test_plots_are_pngs(finished: Job) -> None:
 
 
 def test_zip_holds_every_ds_image_and_its_scores(finished: Job) -> None:
-    images = load_array(finished.job, stage.SAMPLES_KEY)
-    labels = load_array(finished.job, stage.LABELS_KEY)
+    images = load_array(finished.job, artifacts.SAMPLES_KEY)
+    labels = load_array(finished.job, artifacts.SAMPLE_LABELS_KEY)
     ds = np.flatnonzero(load_array(finished.job, stage.DS_KEY))
     with zipfile.ZipFile(io.BytesIO(finished.job.get_bytes(stage.ZIP_KEY))) as archive:
         rows = list(csv.DictReader(io.StringIO(archive.read("scores.csv").decode())))
@@ -115,8 +116,8 @@ def test_solver_table_has_one_row_per_solver_and_extractor(finished: Job) -> Non
     assert primary["knn_support_count"] == finished.summary["knn_support"]["count"]
     assert table[1]["random_init"] is False and table[0]["random_init"] is True  # pixels have no weights
     other = load_array(finished.job, f"{stage.SOLVERS_PREFIX}/dpmsolver++-4/sample/images.npy")
-    assert other.shape == load_array(finished.job, stage.SAMPLES_KEY).shape
-    assert not np.array_equal(other, load_array(finished.job, stage.SAMPLES_KEY))
+    assert other.shape == load_array(finished.job, artifacts.SAMPLES_KEY).shape
+    assert not np.array_equal(other, load_array(finished.job, artifacts.SAMPLES_KEY))
 
 
 def test_second_job_reuses_the_cached_fixed_embedding(finished: Job) -> None:
@@ -143,14 +144,14 @@ def test_joint_mode_flags_planted_far_clusters(finished: Job) -> None:
     run_job(finished, prefix, EvaluationSpec(stages=("features",), sample=SPEC.sample, features=SPEC.features))
     job = ScopedStore(finished.store, prefix)
     train = training_split(finished)
-    generated = np.array(load_array(job, stage.GENERATED_FEATURES_KEY))
+    generated = np.array(load_array(job, artifacts.GENERATED_FEATURES_KEY))
     rng = np.random.default_rng(1)
     directions = rng.normal(size=(4, train.shape[1]))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     centres = train[rng.choice(len(train), 4)] + 10 * directions
     planted = np.concatenate([c + rng.normal(0, 0.3, (10, train.shape[1])) for c in centres])
     generated[-40:] = planted
-    save_array(job, stage.GENERATED_FEATURES_KEY, generated.astype(np.float32))
+    save_array(job, artifacts.GENERATED_FEATURES_KEY, generated.astype(np.float32))
     novelty = {**NOVELTY, "mode": "joint", "seeds": 1, "solvers": [], "extractors": []}
     spec = EvaluationSpec(stages=("novelty",), sample=SPEC.sample, features=SPEC.features, novelty=novelty)
     summary = run_job(finished, prefix, spec)["stages"]["novelty"]
@@ -215,3 +216,19 @@ def test_resumed_stage_recomputes_only_the_rows_it_has_not_stored(
     before, after = finished.summary["table"], summary["table"]
     assert after[1:] == before[1:]
     assert {**after[0], **timing(before[0])} == before[0]
+
+
+def test_the_fewest_samples_the_spec_accepts_give_finite_estimates(finished: Job) -> None:
+    """Issue 12, item 4: sample.n = 1 crashed (division by zero), 7 gave NaN spreads; 8 is the minimum."""
+    smallest = EvaluationSpec(stages=("novelty",)).novelty.min_samples()
+    spec = EvaluationSpec(
+        stages=("novelty",),
+        sample={"n": smallest, "steps": 2},
+        features=SPEC.features,
+        novelty={"seeds": 1, "n_iter": 50, "transform_iter": 10, "n_rounds": 2},
+    )
+    summary = run_job(finished, "evaluations/smallest", spec)["stages"]["novelty"]
+    assert summary["n_generated"] == smallest == 8
+    assert all(np.isfinite(value) for value in summary["information"].values() if isinstance(value, float))
+    with pytest.raises(ValidationError, match=f"at least {smallest} samples"):
+        EvaluationSpec(stages=("novelty",), sample={"n": smallest - 1})

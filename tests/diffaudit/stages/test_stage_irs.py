@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from stage_jobs import JOB_PREFIX, SAMPLED, copy_store
 
 import diffaudit.stages.irs as irs_stage
-from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset, write_builtin_dataset
+from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset
 from diffaudit.metrics.irs import irs_adjusted, irs_per_class, irs_summary, k_min, sequential_schedule, target_distinct
 from diffaudit.metrics.occupancy import occupancy_cdf
-from diffaudit.pipeline import Rejected, StageContext, run
+from diffaudit.pipeline import Rejected, StageContext, run, run_stage
 from diffaudit.spec import EvaluationSpec
+from diffaudit.stages import early_rejection
 from diffaudit.stages.sample import SampleStage, batch_key
 from diffaudit.store import LocalStore, ScopedStore, load_array, load_json, save_array
 
-N_SAMPLES = 64
-JOB = "evaluations/t"
+N_SAMPLES = SAMPLED["n"]
+JOB = JOB_PREFIX
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,13 +34,14 @@ def brute_force_nn(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_demo_model: Path) -> tuple[LocalStore, dict]:
-    """sample, features (pixels) and irs on the tiny demo model, early rejection off."""
-    store = LocalStore(tmp_path_factory.mktemp("irs"))
-    write_builtin_dataset("digits", store, "datasets/digits")
+def evaluated(
+    tmp_path_factory: pytest.TempPathFactory, sampled_digits: Path, tiny_demo_model: Path
+) -> tuple[LocalStore, dict]:
+    """sample (the shared sampled job), features (pixels) and irs on the tiny demo model, early rejection off."""
+    store = copy_store(sampled_digits, tmp_path_factory.mktemp("irs") / "store")
     spec = EvaluationSpec(
         stages=("irs",),
-        sample={"n": N_SAMPLES, "steps": 10},
+        sample=SAMPLED,
         features={"extractor": "pixels"},
         irs={"target": 0.9, "early_rejection": False},
     )
@@ -150,7 +155,7 @@ def collapsed_batch(ctx: StageContext, size: int) -> np.ndarray:
 
 def test_monitor_rejects_a_collapsed_model_at_the_first_look_with_the_evidence(monitored) -> None:
     ctx = monitored
-    monitor = irs_stage.early_rejection_monitor(ctx)
+    monitor = early_rejection.early_rejection_monitor(ctx)
     assert monitor is not None
     first = sequential_schedule(1438, 256, 0.8)[0]  # look at ceil(sqrt(s_d)) samples, s_d = ceil(0.8 * 1438) = 1151
     assert first["samples"] == 34
@@ -166,7 +171,7 @@ def test_monitor_rejects_a_collapsed_model_at_the_first_look_with_the_evidence(m
     assert evidence["k_min"] == k_min(1438, 256, 0.8) and evidence["target"] == 0.8 and evidence["rule"] == "sequential"
     assert "34 samples" in rejected.value.reason
     assert ctx.job.get_bytes(irs_stage.CURVE_KEY)[:8] == PNG
-    assert load_array(ctx.job, irs_stage.EARLY_NEAREST_KEY).tolist() == [0] * 64
+    assert load_array(ctx.job, early_rejection.EARLY_NEAREST_KEY).tolist() == [0] * 64
 
 
 def test_sample_stage_replays_stored_batches_into_the_monitor_and_rejects_the_same_way(monitored) -> None:
@@ -184,9 +189,9 @@ def test_sample_stage_replays_stored_batches_into_the_monitor_and_rejects_the_sa
 def test_no_monitor_without_the_irs_stage_or_with_early_rejection_off(monitored) -> None:
     ctx = monitored
     ctx.spec = EvaluationSpec(stages=("features",))
-    assert irs_stage.early_rejection_monitor(ctx) is None
+    assert early_rejection.early_rejection_monitor(ctx) is None
     ctx.spec = EvaluationSpec(stages=("irs",), irs={"early_rejection": False})
-    assert irs_stage.early_rejection_monitor(ctx) is None
+    assert early_rejection.early_rejection_monitor(ctx) is None
 
 
 def test_cli_irs_threshold_and_irs_print_the_metric_functions_json(
@@ -207,3 +212,54 @@ def test_cli_irs_threshold_and_irs_print_the_metric_functions_json(
     assert main(["irs", *files, "--test-features", str(tmp_path / "c.npy"), "--metric", "cosine"]) == 0
     expected = irs_report(train, gen, test, metric="cosine")
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(expected))
+
+
+def monitored_job(ctx: StageContext, **spec: Any) -> StageContext:
+    """The monitored job with another spec (same store, dataset and model)."""
+    base = ctx.spec.model_dump(include={"sample", "features", "irs"})
+    return dataclasses.replace(ctx, spec=EvaluationSpec.model_validate({**base, **spec}), results={})
+
+
+def test_a_rejection_shows_the_memorization_evidence_of_the_samples_drawn(monitored) -> None:
+    """Early rejection with memorization requested: the extraction test runs on the samples drawn (issue 11)."""
+    ctx = monitored_job(monitored, stages=["irs", "memorization"], memorization={"n_neighbours": 10})
+    for start in (0, 32):  # a collapsed model: every sample is training image 0
+        save_array(ctx.job, batch_key(start), collapsed_batch(ctx, 32))
+    with pytest.raises(Rejected) as rejected:
+        run_stage("sample", ctx)
+    memorization = rejected.value.evidence["after_rejection"]["memorization"]
+    extraction = memorization["spaces"]["pixels"]["extraction"]
+    assert memorization["samples"] == 64 and extraction["n_generated"] == 64
+    assert extraction["fraction_flagged"] == 1.0 and extraction["n_copied_training_images"] == 1
+    assert extraction["copied_training_images"][0]["index"] == int(ctx.dataset.train_indices()[0])
+    assert "100.0% of 64 samples flagged as copies of 1 training images (pixels)" in memorization["headline"]
+    assert load_array(ctx.job, "memorization/pixels/nearest_index.npy").shape == (64,)
+    assert "volume_growth" not in memorization  # the costly part is not run after a rejection
+
+
+def test_a_rejection_without_memorization_requested_adds_nothing(monitored) -> None:
+    ctx = monitored
+    for start in (0, 32):
+        save_array(ctx.job, batch_key(start), collapsed_batch(ctx, 32))
+    with pytest.raises(Rejected) as rejected:
+        run_stage("sample", ctx)
+    assert "after_rejection" not in rejected.value.evidence
+    assert not ctx.job.exists("memorization/pixels/nearest_index.npy")
+
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_a_job_with_fewer_samples_than_the_first_look_runs_with_one_final_test(
+    evaluated, tmp_path: Path, tiny_demo_model: Path, n: int
+) -> None:
+    """Issue 12, item 4: n = 4 and n = 16 crashed with ZeroDivisionError in the early-rejection schedule."""
+    store, _ = evaluated
+    spec = EvaluationSpec(stages=("irs",), sample={"n": n, "steps": 2}, features={"extractor": "pixels"})
+    dataset = Dataset.open(store, "datasets/digits")
+    try:
+        results = run(spec, checkpoint_dir=tiny_demo_model, dataset=dataset, store=store, job_prefix=f"small/{n}")
+        summary = results["stages"]["irs"]
+        assert summary["synthetic"]["n_sample"] == n and summary["decision"]["samples_drawn"] == n
+    except Rejected as rejection:  # a final test that rejects is a verdict too
+        assert rejection.evidence["samples_drawn"] == n and rejection.evidence["alpha"] == 0.05
+    schedule = load_json(ScopedStore(store, f"small/{n}"), early_rejection.EARLY_KEY)
+    assert schedule["samples_generated"] == n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from diffaudit.spec import EvaluationSpec
 from diffaudit.store import LocalStore, ScopedStore
 
 JOB_PREFIX = "evaluations/a"
+SAMPLED = {"n": 64, "steps": 10}  # the sample spec of the shared sampled job (conftest.sampled_digits)
 
 
 @dataclass
@@ -30,9 +32,16 @@ class Job:
 
 
 def run_on_digits(spec: EvaluationSpec, model: Path, folder: Path, stage: str) -> Job:
-    """Run `spec` with `model` on the built-in digits stored in a LocalStore at `folder`."""
+    """Run `spec` with `model` on the built-in digits stored in a LocalStore at `folder` (stored there if absent)."""
     store = LocalStore(folder)
-    write_builtin_dataset("digits", store, "datasets/digits")
+    if not store.exists("datasets/digits/meta.json"):
+        write_builtin_dataset("digits", store, "datasets/digits")
     dataset = Dataset.open(store, "datasets/digits")
     results = run(spec, checkpoint_dir=model, dataset=dataset, store=store, job_prefix=JOB_PREFIX)
     return Job(store, dataset, ScopedStore(store, JOB_PREFIX), results, model, stage)
+
+
+def copy_store(sampled: Path, folder: Path) -> LocalStore:
+    """A private copy, at `folder`, of the shared sampled store (conftest.sampled_digits)."""
+    shutil.copytree(sampled, folder)
+    return LocalStore(folder)

@@ -17,7 +17,8 @@ from diffaudit.checkpoints.sampling import class_labels_for, denoise, sample_bat
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.pipeline import Cancelled, Rejected, StageContext, get_stage
 from diffaudit.spec import EvaluationSpec
-from diffaudit.stages.sample import BATCHES_PREFIX, SampleStage, draw_samples
+from diffaudit.stages.artifacts import SAMPLE_BATCHES_PREFIX as BATCHES_PREFIX
+from diffaudit.stages.sample import SampleStage, draw_samples
 from diffaudit.store import LocalStore, ScopedStore, load_array
 
 CPU = torch.device("cpu")

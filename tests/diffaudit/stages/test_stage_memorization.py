@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from stage_jobs import Job, run_on_digits
+from stage_jobs import SAMPLED, Job, copy_store, run_on_digits
 
 from diffaudit import demo
 from diffaudit.checkpoints import load_checkpoint
@@ -26,7 +26,7 @@ from diffaudit.store import ScopedStore, load_array, load_json
 from scripts.memorization_validation import draw_samples, growth_scores, membership_evidence
 
 CHUNK = 16
-TEST_MODEL_DIR = Path(__file__).resolve().parents[2] / "var" / "test-models"
+TEST_MODEL_DIR = Path(__file__).resolve().parents[3] / "var" / "test-models"
 OVERFIT_IMAGES = 16
 MEMORIZATION = {
     "space": "both",
@@ -38,18 +38,19 @@ MEMORIZATION = {
 }
 SPEC = EvaluationSpec(
     stages=("features", "memorization"),
-    sample={"n": 64, "steps": 10},
+    sample=SAMPLED,
     features={"extractor": "random-cnn"},
     memorization=MEMORIZATION,
 )
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Job:
-    """One job (sample, features, memorization in both spaces) on the built-in digits, chunks of 16 images."""
+def finished(tiny_demo_model: Path, sampled_digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Job:
+    """One job (the shared samples, features, memorization in both spaces) on the built-in digits, chunks of 16."""
+    folder = copy_store(sampled_digits, tmp_path_factory.mktemp("memorization") / "store").root
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage, "CHUNK_IMAGES", CHUNK)
-        return run_on_digits(SPEC, tiny_demo_model, tmp_path_factory.mktemp("memorization"), "memorization")
+        return run_on_digits(SPEC, tiny_demo_model, folder, "memorization")
 
 
 def read_csv(job: ScopedStore, key: str) -> list[dict[str, str]]:

@@ -9,17 +9,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from stage_jobs import JOB_PREFIX, run_on_digits
+from stage_jobs import JOB_PREFIX, SAMPLED, copy_store
 
 import diffaudit.stages.augmentation as augmentation
 from diffaudit.datasets import Dataset, write_builtin_dataset
 from diffaudit.metrics.augmentation import CONDITIONS, overall_accuracy, per_class_accuracy
 from diffaudit.pipeline import StageContext, run
 from diffaudit.spec import AugmentationSpec, EvaluationSpec
+from diffaudit.stages import artifacts
 from diffaudit.stages.augmentation import AugmentationStage
 from diffaudit.store import LocalStore, ScopedStore, load_array, load_json, save_array, save_json
 
-N_SAMPLES = 64
+N_SAMPLES = SAMPLED["n"]
 JOB = JOB_PREFIX
 
 
@@ -29,12 +30,11 @@ def stand_in_outside(n: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def sampled(tmp_path_factory: pytest.TempPathFactory, tiny_demo_model: Path) -> Path:
+def sampled(tmp_path_factory: pytest.TempPathFactory, sampled_digits: Path) -> Path:
     """A store with digits and a job of 64 samples (10 DDIM steps) with the stand-in DS flags."""
-    root = tmp_path_factory.mktemp("sampled")
-    spec = EvaluationSpec(stages=("sample",), sample={"n": N_SAMPLES, "steps": 10})
-    job = run_on_digits(spec, tiny_demo_model, root, "sample").job
-    save_array(job, augmentation.DS_KEY, stand_in_outside(N_SAMPLES))
+    root = tmp_path_factory.mktemp("sampled") / "store"
+    job = ScopedStore(copy_store(sampled_digits, root), JOB)
+    save_array(job, artifacts.DS_KEY, stand_in_outside(N_SAMPLES))
     save_json(job, "novelty/result.json", {"stand_in": True})
     return root
 
@@ -169,7 +169,7 @@ def test_full_pipeline_with_the_novelty_stage(tmp_path: Path, tiny_demo_model: P
     results = run(spec, checkpoint_dir=tiny_demo_model, dataset=dataset, store=store, job_prefix=JOB)
     summary = results["stages"]["augmentation"]
     job = ScopedStore(store, JOB)
-    ds, labels = load_array(job, augmentation.DS_KEY), load_array(job, augmentation.LABELS_KEY)
+    ds, labels = load_array(job, artifacts.DS_KEY), load_array(job, artifacts.SAMPLE_LABELS_KEY)
     extra_ds = load_array(job, f"{augmentation.EXTRA_PREFIX}/00000000_ds.npy")
     assert summary["extra_samples"] == 8 and summary["extra_ds"] == int(extra_ds.sum())
     assert summary["ds_available"] == int(np.sum(ds & (labels == 3))) + summary["extra_ds"]

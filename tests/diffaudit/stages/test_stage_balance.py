@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stage_jobs import JOB_PREFIX, run_on_digits
+from stage_jobs import JOB_PREFIX, SAMPLED, copy_store
 
 import diffaudit.stages.balance as balance
 from diffaudit.datasets import Dataset, IngestLimits, ingest_dataset
@@ -17,14 +17,13 @@ from diffaudit.spec import EvaluationSpec
 from diffaudit.stages.balance import BalanceStage
 from diffaudit.store import LocalStore, ScopedStore, load_array
 
-N_SAMPLES = 64
+N_SAMPLES = SAMPLED["n"]
 JOB = JOB_PREFIX
 
 
 @pytest.fixture(scope="module")
-def sampled(tmp_path_factory: pytest.TempPathFactory, tiny_demo_model: Path) -> LocalStore:
-    spec = EvaluationSpec(stages=("sample",), sample={"n": N_SAMPLES, "steps": 10})
-    return run_on_digits(spec, tiny_demo_model, tmp_path_factory.mktemp("balance"), "sample").store
+def sampled(tmp_path_factory: pytest.TempPathFactory, sampled_digits: Path) -> LocalStore:
+    return copy_store(sampled_digits, tmp_path_factory.mktemp("balance") / "store")
 
 
 def context(store: LocalStore, dataset: Dataset, job: str = JOB, **balance_spec: object) -> StageContext:

@@ -101,3 +101,9 @@ def test_critical_values_for_fifteen_samples_of_thirty_two():
     assert upper_critical_value(15, 32, 0.05) == 15
     assert lower_critical_value(3, 100, 0.05) == 2  # P(K <= 2) = 1 - 99 * 98 / 100^2 = 0.0298
     assert lower_critical_value(2, 10, 0.05) == 0  # P(K = 1) = 1/10: no count is rejected
+
+
+def test_one_image_is_retrieved_by_every_sample() -> None:
+    """N_train = 1 (or a class with one training image): log1p(-1/s) was a math domain error."""
+    assert occupancy_mean(1, 1) == 1.0 and occupancy_mean(50, 1) == 1.0
+    assert occupancy_variance(5, 1) == 0.0

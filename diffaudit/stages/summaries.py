@@ -1,0 +1,54 @@
+"""The typed view of stage summaries that other stages, the gate and the CLI read (pydantic, no torch: light to
+import). A stage returns its summary as JSON-able data; these models read the fields others rely on and keep the
+rest (extra fields allowed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageSummary(BaseModel):
+    """What every stage's summary has: a one-line headline (the CLI prints it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    headline: str = ""
+    seconds: float | None = None  # the stage's run time, added by the pipeline
+
+
+class FeaturesSummary(StageSummary):
+    """The features stage's summary, as the stages after it read it."""
+
+    training_features_key: str | None  # None: the dataset holds its own features
+    extractor: str | None = None
+    cache_key: str | None = None  # the extractor's cache key
+
+
+Number = int | float  # kept as computed (an int stays an int in the JSON the gate writes)
+
+
+class IRSQuantities(BaseModel):
+    """IRS_inf with its bounds and the counts behind it (diffaudit.metrics.irs.irs_summary)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    irs_inf: Number
+    irs_inf_lower: Number
+    irs_inf_upper: Number
+    n_learned: int
+    n_sample: int
+    n_train: int
+    s_hat: Number
+
+
+class IRSSummary(StageSummary):
+    """The irs stage's summary, as the gate reads it."""
+
+    passed: bool
+    target: Number
+    k_min: int
+    decision: dict[str, Any]
+    synthetic: IRSQuantities
+    adjusted: dict[str, Any] = {}
