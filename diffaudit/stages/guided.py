@@ -288,9 +288,15 @@ def guidance_classifier(
         path = local_weights_path(spec.classifier_weights, weights_dir=ctx.weights_dir)
         if path.suffix != ".safetensors":
             raise InvalidInput("guided.classifier_weights must be a .safetensors file saved by network_to_bytes")
-        network = network_from_bytes(path.read_bytes(), ctx.device)
+        weights = path.read_bytes()
+        network = network_from_bytes(weights, ctx.device)
         check_network(network, real_x0.shape[1], ctx.checkpoint.info.num_class_embeds or network.config["num_classes"])
-        return network, {"source": "uploaded", "path": str(path)}
+        # the name the spec gave, never the worker's path
+        return network, {
+            "source": "uploaded",
+            "weights": spec.classifier_weights,
+            "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        }
     if labels is None:
         return None, {"source": "none: unlabelled dataset, the discriminator's embedding carries the hardness"}
     key = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,22 @@ def test_unconditional_checkpoint_is_guided_by_the_unlabelled_hardness(
     assert not np.array_equal(guided, baseline)  # alpha alone moved the samples: L_g1 came from the discriminator
     assert set(summary["sets"]) == {"real", "baseline", "alpha0_beta0", "alpha2_beta0"}
     assert np.isfinite(summary["sets"]["alpha2_beta0"]["hardness"]["mean"])
+
+
+def test_an_uploaded_classifier_is_named_in_the_summary_without_its_path(
+    tiny_demo_model: Path, digits: tuple[LocalStore, Dataset], grid_job: dict[str, Any], tmp_path: Path
+) -> None:
+    """The classifier comes from the operator's weights folder; the summary names it, never the worker's path."""
+    store, dataset = digits
+    weights_dir = tmp_path / "allowed"
+    weights_dir.mkdir()
+    (weights_dir / "classifier.safetensors").write_bytes(
+        store.get_bytes(f"cache/{grid_job['classifier']['cache_key']}")
+    )
+    spec = tiny_spec(classifier_weights="classifier.safetensors")
+    results = run(
+        spec, checkpoint_dir=tiny_demo_model, dataset=dataset, store=store, job_prefix="jobs/u", weights_dir=weights_dir
+    )
+    classifier = results["stages"]["guided"]["classifier"]
+    assert classifier["source"] == "uploaded" and classifier["weights"] == "classifier.safetensors"
+    assert str(tmp_path) not in json.dumps(results)
