@@ -188,6 +188,7 @@ def draw_extra_round(ctx: StageContext, start: int, count: int, minority: int, d
         batch_size=sample.batch_size,
         class_labels=labels,
         device=ctx.device,
+        check_cancelled=ctx.check_cancelled,
     )
     images = []
     for _, batch in batches:

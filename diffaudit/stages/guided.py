@@ -477,6 +477,7 @@ def draw_set(
         device=ctx.device,
         start=resume_at,
         guidance=guidance,
+        check_cancelled=ctx.check_cancelled,
     )
     started = time.perf_counter()
     for start, images in batches:

@@ -65,6 +65,7 @@ def draw_samples(ctx: StageContext, on_batch: OnBatch | None = None) -> dict[str
         class_labels=labels,
         device=ctx.device,
         start=resume_at,
+        check_cancelled=ctx.check_cancelled,
     )
     for start, images in batches:
         save_array(ctx.job, batch_key(start), images)
