@@ -56,7 +56,7 @@ def resume_unfinished_jobs() -> None:
     for evaluation_id in evaluation_ids:
         enqueue(RUN_EVALUATION, evaluation_id)
     if evaluation_ids:
-        log.info("resumed %d unfinished evaluation(s): %s", len(evaluation_ids), ", ".join(evaluation_ids))
+        log.warning("resumed %d unfinished evaluation(s): %s", len(evaluation_ids), ", ".join(evaluation_ids))
 
 
 def create_app() -> FastAPI:
