@@ -270,7 +270,9 @@ def unfinished_job_ids(session: Session) -> list[str]:
     return list(session.scalars(query))
 
 
-def _update_stage(session: Session, evaluation_id: str, stage: str, from_statuses: tuple[str, ...], **values: Any) -> None:
+def _update_stage(
+    session: Session, evaluation_id: str, stage: str, from_statuses: tuple[str, ...], **values: Any
+) -> None:
     """Update a stage row if its status is one of `from_statuses` (a stage that ended with its job stays so)."""
     session.execute(
         update(EvaluationStage)

@@ -149,7 +149,8 @@ def test_a_crashing_stage_is_retried_then_fails_with_its_error(server: EmbeddedS
     failing = client.evaluate(checkpoint, "digits", QUICK_SPEC)["id"]
     job = server.wait(client, failing, finished)
     assert job["status"] == "failed", job
-    assert job["error"] == f"stage sample failed after 3 attempts: RuntimeError: {fault_message('sample', 'RuntimeError')}"
+    message = fault_message("sample", "RuntimeError")
+    assert job["error"] == f"stage sample failed after 3 attempts: RuntimeError: {message}"
     assert stage_statuses(job) == [("sample", "failed"), ("features", "skipped")]
     assert server.log_text().count("crashed; retrying") == 2
 
