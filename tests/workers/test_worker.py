@@ -11,7 +11,11 @@ import numpy as np
 from fastapi.testclient import TestClient
 from worker_helpers import Workers, wait_for
 
+from app.evaluations import service
+from app.evaluations.service import job_prefix
 from app.settings import Settings
+from diffaudit.pipeline import result_key
+from diffaudit.store import LocalStore, ScopedStore, save_json
 from tests.faults import fault_message
 
 TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
@@ -161,3 +165,22 @@ def test_invalid_input_fails_at_once(api: TestClient, workers: Workers, demo_che
     assert (job["status"], job["error"]) == ("failed", f"stage sample: {fault_message('sample', 'InvalidInput')}")
     assert [s["status"] for s in job["stages"]] == ["failed", "skipped"]
     assert "crashed; retrying" not in workers.logs(tail=10**6)
+
+
+def test_a_job_stopped_after_its_last_stage_is_ended_when_resumed(
+    api: TestClient, workers: Workers, demo_checkpoint_id: str, worker_settings: Settings
+) -> None:
+    # The process died between recording the last stage and ending the job: every stage is done, the job is not.
+    evaluation_id = submit(api, demo_checkpoint_id, QUICK_SPEC)
+    job_store = ScopedStore(LocalStore(worker_settings.artifact_dir), job_prefix(evaluation_id))
+    summaries = {"sample": {"n": 8}, "features": {"n_generated": 8}}
+    with api.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        service.mark_running(session, evaluation_id)
+        for name, summary in summaries.items():
+            save_json(job_store, result_key(name), summary)
+            service.mark_stage_started(session, evaluation_id, name)
+            service.record_stage_done(session, evaluation_id, name, summary)
+    workers.start()  # receives the job's evaluations.run
+    job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
+    assert job["status"] == "succeeded", job
+    assert api.get(f"/v1/evaluations/{evaluation_id}/results").json()["stages"] == summaries
