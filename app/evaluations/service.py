@@ -270,16 +270,14 @@ def unfinished_job_ids(session: Session) -> list[str]:
     return list(session.scalars(query))
 
 
-def _update_stage(
-    session: Session, evaluation_id: str, stage: str, from_statuses: tuple[str, ...], **values: Any
-) -> None:
-    """Update a stage row if its status is one of `from_statuses` (a stage that ended with its job stays so)."""
+def _update_stage(session: Session, evaluation_id: str, stage: str, **values: Any) -> None:
+    """Update a stage row that has not ended (a stage done, or ended with its job, stays so)."""
     session.execute(
         update(EvaluationStage)
         .where(
             EvaluationStage.evaluation_id == evaluation_id,
             EvaluationStage.name == stage,
-            EvaluationStage.status.in_(from_statuses),
+            EvaluationStage.status.in_((STAGE_PENDING, STAGE_RUNNING)),
         )
         .values(**values)
     )
@@ -288,20 +286,13 @@ def _update_stage(
 
 def mark_stage_started(session: Session, evaluation_id: str, stage: str) -> None:
     _update_stage(
-        session,
-        evaluation_id,
-        stage,
-        (STAGE_PENDING, STAGE_RUNNING),
-        status=STAGE_RUNNING,
-        started_at=utcnow(),
-        finished_at=None,
-        seconds=None,
+        session, evaluation_id, stage, status=STAGE_RUNNING, started_at=utcnow(), finished_at=None, seconds=None
     )
 
 
 def record_progress(session: Session, evaluation_id: str, stage: str, done: int, total: int) -> None:
     """One UPDATE of the stage row."""
-    _update_stage(session, evaluation_id, stage, (STAGE_RUNNING,), done=done, total=total)
+    _update_stage(session, evaluation_id, stage, done=done, total=total)
 
 
 def record_stage_done(session: Session, evaluation_id: str, stage: str, summary: dict[str, Any]) -> None:
@@ -315,7 +306,6 @@ def record_stage_done(session: Session, evaluation_id: str, stage: str, summary:
         session,
         evaluation_id,
         stage,
-        (STAGE_RUNNING,),
         status=STAGE_DONE,
         finished_at=now,
         seconds=seconds,

@@ -94,10 +94,14 @@ def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
 
 
 @pytest.fixture()
-def embedded_server(server: EmbeddedServer) -> tuple[str, str]:
-    """A running server; (url, token)."""
-    server.start()
-    return server.url, server.token
+def embedded_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A running server; (url, token). Self-contained: other test modules import it."""
+    embedded = EmbeddedServer(tmp_path)
+    embedded.start()
+    try:
+        yield embedded.url, embedded.token
+    finally:
+        embedded.stop()
 
 
 def finished(job: dict[str, Any]) -> bool:
