@@ -24,6 +24,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.settings import get_settings
 
     embedded = args.embedded or get_settings().embedded_worker
+    if embedded and args.processes != 1:
+        # Each process would have its own in-memory broker and resume the same unfinished jobs.
+        raise SystemExit("the embedded deployment runs in one process; use a Redis broker and workers to scale out")
     target = "workers.embedded:create_app" if embedded else "app.main:create_app"
     uvicorn.run(target, factory=True, host=args.host, port=args.port, workers=args.processes, log_level="info")
     return 0

@@ -34,6 +34,7 @@ from app.settings import get_settings, make_store
 from diffaudit import pipeline
 from diffaudit.datasets import Dataset
 from diffaudit.device import configure_threads, pick_device
+from diffaudit.errors import InvalidInput
 from diffaudit.spec import EvaluationSpec
 from diffaudit.store import ArtifactStore, ScopedStore
 from workers.celery_app import celery_app
@@ -41,9 +42,8 @@ from workers.db import session_scope
 
 log = logging.getLogger(__name__)
 
-# Core errors that describe bad input or a bad request: the job fails with their message, no retry.
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, KeyError)
-MAX_RETRIES = 2
+MAX_RETRIES = 2  # a stage that raises anything but InvalidInput runs at most MAX_RETRIES + 1 times
+RETRY_DELAY = 5  # seconds before a crashed stage runs again
 
 
 @celery_app.task(name="evaluations.run", acks_late=True, reject_on_worker_lost=True)
@@ -100,7 +100,7 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
         with session_scope() as session:
             service.finish(session, evaluation_id, CANCELLED)
         return
-    except USER_ERRORS as exc:
+    except InvalidInput as exc:  # the user's to fix: retrying cannot help
         log.info("evaluation %s failed in stage %s: %s", evaluation_id, stage, exc)
         with session_scope() as session:
             service.finish(session, evaluation_id, FAILED, error=f"stage {stage}: {exc}")
@@ -108,7 +108,7 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
     except Exception as exc:
         if self.request.retries < MAX_RETRIES:
             log.exception("evaluation %s stage %s crashed; retrying", evaluation_id, stage)
-            raise self.retry(exc=exc, countdown=5) from exc
+            raise self.retry(exc=exc, countdown=RETRY_DELAY) from exc
         with session_scope() as session:
             message = f"stage {stage} failed after {MAX_RETRIES + 1} attempts: {type(exc).__name__}: {exc}"
             service.finish(session, evaluation_id, FAILED, error=message)
@@ -129,7 +129,9 @@ def _done_stages(job: Evaluation) -> set[str]:
 
 
 def _send_next_stage(evaluation_id: str, spec: EvaluationSpec, done: set[str]) -> None:
-    stage = next(s for s in spec.stages if s not in done)
+    """Send the first stage not done; when all are (the job stopped before it was ended), the last one, which
+    then only reads its stored summary and ends the job."""
+    stage = next((s for s in spec.stages if s not in done), spec.stages[-1])
     enqueue("evaluations.stage", evaluation_id, stage, queue=pipeline.get_stage(stage).queue)
 
 

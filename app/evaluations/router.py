@@ -102,8 +102,8 @@ def get_results(evaluation_id: ResourceId, project: CurrentProject, session: Ses
 @router.post(
     "/{evaluation_id}/cancel",
     summary="Cancel an evaluation",
-    description="A queued job is cancelled at once; a running job stops at its next check (status stays running "
-    "with cancel_requested=true until then).",
+    description="A queued or running job ends cancelled at once; a worker running it stops at its next check "
+    "(between denoising steps).",
     response_model=EvaluationOut,
     responses={**NOT_FOUND_RESPONSE, 409: {"model": ErrorResponse, "description": "the job already finished"}},
 )

@@ -40,7 +40,9 @@ class StageOut(BaseModel):
 
     name: str
     position: int
-    status: Literal["pending", "running", "done"]
+    status: Literal["pending", "running", "done", "failed", "rejected", "cancelled", "skipped"] = Field(
+        description="failed, rejected or cancelled: the stage was running when the job so ended; skipped: it never ran"
+    )
     done: int = Field(description="units finished (e.g. samples drawn)")
     total: int = Field(description="units in the stage; 0 until the stage reports")
     started_at: datetime | None

@@ -2,7 +2,9 @@
 
 Every function takes a Session and commits its own change. Worker-facing functions
 (`load_job`, `mark_running`, `mark_stage_started`, `record_progress`, `record_stage_done`,
-`finish`, `is_cancel_requested`) are single statements, cheap enough to call on every batch.
+`finish`, `is_cancel_requested`) are one transaction of a few statements, cheap enough to call
+on every batch. A job always ends with every stage row ended too: done, or as the job ended
+(failed, rejected, cancelled) for the stage that was running, skipped for those never started.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from app.models import (
     QUEUED,
     RUNNING,
     STAGE_DONE,
+    STAGE_ENDINGS,
+    STAGE_PENDING,
     STAGE_RUNNING,
+    STAGE_SKIPPED,
     TERMINAL_STATUSES,
     Evaluation,
     EvaluationStage,
@@ -161,19 +166,18 @@ def list_evaluations(
 
 
 def cancel_evaluation(session: Session, project: Project, evaluation_id: str) -> Evaluation:
-    """A queued job is cancelled at once; a running one is asked to stop at its next check."""
+    """End a queued or running job `cancelled` at once, whether or not a worker still runs it.
+
+    A worker running it stops at its next check (between denoising steps, batches or stages) and records
+    nothing more; a job whose worker died or whose task was lost ends all the same.
+    """
     evaluation = get_evaluation(session, project, evaluation_id)
     session.execute(
         update(Evaluation)
-        .where(Evaluation.id == evaluation.id, Evaluation.status == QUEUED)
-        .values(status=CANCELLED, cancel_requested=True, finished_at=utcnow())
-    )
-    session.execute(
-        update(Evaluation)
-        .where(Evaluation.id == evaluation.id, Evaluation.status == RUNNING)
+        .where(Evaluation.id == evaluation.id, Evaluation.status.in_((QUEUED, RUNNING)))
         .values(cancel_requested=True)
     )
-    session.commit()
+    finish(session, evaluation.id, CANCELLED)
     session.refresh(evaluation)
     if evaluation.status in TERMINAL_STATUSES - {CANCELLED}:
         raise Conflict(f"evaluation {evaluation.id} already finished ({evaluation.status}); it cannot be cancelled")
@@ -245,10 +249,21 @@ def mark_running(session: Session, evaluation_id: str) -> Evaluation:
     return evaluation
 
 
+def unfinished_job_ids(session: Session) -> list[str]:
+    """Jobs queued or running, oldest first (the embedded worker resumes them when it starts)."""
+    query = select(Evaluation.id).where(Evaluation.status.in_((QUEUED, RUNNING))).order_by(Evaluation.created_at)
+    return list(session.scalars(query))
+
+
 def _update_stage(session: Session, evaluation_id: str, stage: str, **values: Any) -> None:
+    """Update a stage row that has not ended (a stage done, or ended with its job, stays so)."""
     session.execute(
         update(EvaluationStage)
-        .where(EvaluationStage.evaluation_id == evaluation_id, EvaluationStage.name == stage)
+        .where(
+            EvaluationStage.evaluation_id == evaluation_id,
+            EvaluationStage.name == stage,
+            EvaluationStage.status.in_((STAGE_PENDING, STAGE_RUNNING)),
+        )
         .values(**values)
     )
     session.commit()
@@ -291,16 +306,27 @@ def finish(
     results: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> bool:
-    """End a job (succeeded, rejected, failed or cancelled). False if it had already ended."""
+    """End a job (succeeded, rejected, failed or cancelled) and its unfinished stages. False if it had already ended.
+
+    The stage running ends as the job did (STAGE_ENDINGS); the stages that never started are skipped.
+    """
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"finish() needs a final status ({sorted(TERMINAL_STATUSES)}), got {status!r}")
+    now = utcnow()
     result = session.execute(
         update(Evaluation)
         .where(Evaluation.id == evaluation_id, Evaluation.status.in_((QUEUED, RUNNING)))
-        .values(status=status, results=results, error=error, finished_at=utcnow())
+        .values(status=status, results=results, error=error, finished_at=now)
     )
+    ended = bool(result.rowcount)  # type: ignore[attr-defined]
+    if ended and status in STAGE_ENDINGS:
+        stages = update(EvaluationStage).where(EvaluationStage.evaluation_id == evaluation_id)
+        session.execute(
+            stages.where(EvaluationStage.status == STAGE_RUNNING).values(status=STAGE_ENDINGS[status], finished_at=now)
+        )
+        session.execute(stages.where(EvaluationStage.status == STAGE_PENDING).values(status=STAGE_SKIPPED))
     session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return ended
 
 
 def is_cancel_requested(session: Session, evaluation_id: str) -> bool:

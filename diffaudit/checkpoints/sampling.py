@@ -8,12 +8,16 @@ batches start. The generators live on the CPU, so the noise is also the same on 
 An optional per-step hook (`StepGuidance`, e.g. diffaudit.guidance.LowDensityGuidance) sees each
 step's model output between the UNet call and scheduler.step: it may replace the output and
 return a shift added to the scheduler's x_{t-1}. Without a hook the loop is the plain sampler.
+
+`check_cancelled`, when given, is called before every denoising step and stops sampling by raising
+(a stage passes its context's check, which raises the pipeline's Cancelled), so a cancelled job stops
+within one step, not one batch.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -66,10 +70,12 @@ def denoise(
     class_labels: torch.Tensor | None,
     device: torch.device,
     guidance: StepGuidance | None = None,
+    check_cancelled: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """One batch through the reverse process, sample j driven by a generator seeded seeds[j].
 
     guidance: called at every step between the UNet and scheduler.step (is_last tells it the final step).
+    check_cancelled: called before every step; it raises to stop sampling.
     """
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     size = unet.config["sample_size"]
@@ -81,6 +87,8 @@ def denoise(
     step_options = {"generator": generators} if stochastic else {}
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
+        if check_cancelled is not None:
+            check_cancelled()
         model_input = scheduler.scale_model_input(x, t)
         model_output = unet(model_input, t, class_labels=class_labels).sample
         shift = None
@@ -105,10 +113,12 @@ def sample_batches(
     device: torch.device,
     start: int = 0,
     guidance: StepGuidance | None = None,
+    check_cancelled: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Samples start..n-1 in batches: yields (index of the batch's first sample, uint8 NHWC images).
 
     guidance: a per-step hook (see `denoise`); it leaves inference mode itself if it needs gradients.
+    check_cancelled: called before every denoising step; it raises to stop sampling.
     """
     for first in range(start, n, batch_size):
         count = min(batch_size, n - first)
@@ -124,5 +134,6 @@ def sample_batches(
                 class_labels=labels,
                 device=device,
                 guidance=guidance,
+                check_cancelled=check_cancelled,
             )
         yield first, to_uint8_images(x)

@@ -113,6 +113,7 @@ def draw_resumable(
         device=device,
         start=resume_at,
         guidance=guidance,
+        check_cancelled=check_cancelled,
     )
     started = time.perf_counter()
     for start, images in batches:

@@ -487,6 +487,7 @@ def draw_set(
         device=ctx.device,
         guidance=guidance,
         report=report,
+        check_cancelled=ctx.check_cancelled,
     )
     return np.array(drawn.images), drawn.seconds
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import NotFound
 from app.evaluations import service
-from app.models import CANCELLED, FAILED, RUNNING, SUCCEEDED, Evaluation, Project
+from app.models import CANCELLED, FAILED, REJECTED, RUNNING, SUCCEEDED, Evaluation, Project
 from diffaudit.store import LocalStore
 
 SPEC = {"stages": ["sample"], "sample": {"n": 8, "steps": 5}}
@@ -170,13 +170,22 @@ def test_cancel(client: TestClient, auth: dict[str, str], checkpoint_id: str, se
     assert client.post(f"/v1/evaluations/{queued}/cancel", headers=auth).json()["status"] == "cancelled"
     assert service.mark_running(session, queued).status == CANCELLED  # a worker picking it up does not run it
 
+    # A running job ends cancelled at once, whether or not a worker still runs it (no worker runs here); a
+    # worker running it sees cancel_requested at its next check.
     running = submit(client, auth, checkpoint_id, {"sample": {"n": 2}}).json()["id"]
     service.mark_running(session, running)
+    service.mark_stage_started(session, running, "sample")
     assert service.is_cancel_requested(session, running) is False
     body = client.post(f"/v1/evaluations/{running}/cancel", headers=auth).json()
-    assert (body["status"], body["cancel_requested"]) == ("running", True)
+    assert (body["status"], body["cancel_requested"]) == ("cancelled", True)
+    assert [(s["name"], s["status"]) for s in body["stages"]] == [("sample", "cancelled"), ("features", "skipped")]
+    assert body["stages"][0]["finished_at"] is not None
     assert service.is_cancel_requested(session, running) is True
-    assert service.finish(session, running, CANCELLED) is True
+    assert service.finish(session, running, CANCELLED) is False
+    service.mark_stage_started(session, running, "sample")  # a worker that had not seen the cancel yet
+    service.record_progress(session, running, "sample", 1, 2)
+    service.record_stage_done(session, running, "sample", {"n": 2})
+    assert client.get(f"/v1/evaluations/{running}", headers=auth).json() == body
 
     done = submit(client, auth, checkpoint_id, {"sample": {"n": 3}}).json()["id"]
     service.finish(session, done, SUCCEEDED, results={"version": 1})
@@ -217,6 +226,32 @@ def test_worker_lifecycle_is_visible_over_rest(
     assert client.get(f"/v1/evaluations/{job_id}/results", headers=auth).json() == results
     with pytest.raises(ValueError, match="final status"):
         service.finish(session, job_id, RUNNING)
+
+
+@pytest.mark.parametrize("status", [FAILED, REJECTED, CANCELLED])
+def test_every_stage_ends_with_its_job(
+    client: TestClient, auth: dict[str, str], checkpoint_id: str, session: Session, status: str
+) -> None:
+    spec = {"stages": ["sample", "features", "irs"], "sample": {"n": 8}}
+    job_id = submit(client, auth, checkpoint_id, spec).json()["id"]
+    service.mark_running(session, job_id)
+    service.mark_stage_started(session, job_id, "sample")
+    service.record_stage_done(session, job_id, "sample", {"n": 8})
+    service.mark_stage_started(session, job_id, "features")
+    service.record_progress(session, job_id, "features", 0, 4)
+    service.finish(session, job_id, status, error="why")
+    job = client.get(f"/v1/evaluations/{job_id}", headers=auth).json()
+    assert [(s["name"], s["status"]) for s in job["stages"]] == [
+        ("sample", "done"),
+        ("features", status),
+        ("irs", "skipped"),
+    ]
+    assert job["stages"][1]["finished_at"] is not None
+
+    never_started = submit(client, auth, checkpoint_id, spec).json()["id"]
+    service.finish(session, never_started, status, error="why")
+    job = client.get(f"/v1/evaluations/{never_started}", headers=auth).json()
+    assert [s["status"] for s in job["stages"]] == ["skipped"] * 3
 
 
 def test_failed_job_has_no_results(

@@ -1,13 +1,22 @@
-"""Jobs on real Celery workers over Redis: success, cancellation, and a worker killed mid-job."""
+"""Jobs on real Celery workers over Redis: success, cancellation, a worker killed mid-job, and the retry
+policy (a stage that raises is retried unless the error is InvalidInput, the user's to fix)."""
 
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
 from worker_helpers import Workers, wait_for
+
+from app.evaluations import service
+from app.evaluations.service import job_prefix
+from app.settings import Settings
+from diffaudit.pipeline import result_key
+from diffaudit.store import LocalStore, ScopedStore, save_json
+from tests.faults import fault_message
 
 TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
 N = 48
@@ -16,6 +25,7 @@ SPEC: dict[str, Any] = {
     "sample": {"n": N, "steps": 40, "batch_size": 8, "scheduler": "ddim", "seed": 3},
     "features": {"extractor": "random-cnn"},
 }
+QUICK_SPEC: dict[str, Any] = {**SPEC, "sample": {"n": 8, "steps": 2, "batch_size": 8}}
 
 
 def submit(api: TestClient, checkpoint_id: str, spec: dict[str, Any] = SPEC) -> str:
@@ -94,3 +104,83 @@ def test_a_cancelled_job_stops(api: TestClient, workers: Workers, demo_checkpoin
     job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers, timeout=60)
     assert job["status"] == "cancelled"
     assert stage(job, "sample")["done"] < 4000
+    assert [s["status"] for s in job["stages"]] == ["cancelled", "skipped"]
+
+
+def stage_task_ended(workers: Workers) -> bool:
+    return re.search(r"Task evaluations\.stage\[[^\]]+\] succeeded in", workers.logs(tail=10**6)) is not None
+
+
+def test_cancel_stops_the_worker_inside_a_batch(
+    api: TestClient, workers: Workers, demo_checkpoint_id: str, worker_settings: Settings
+) -> None:
+    workers.start()
+    one_long_batch = {**SPEC, "sample": {"n": 64, "steps": 1000, "batch_size": 64}}
+    evaluation_id = submit(api, demo_checkpoint_id, one_long_batch)
+    wait_for(api, evaluation_id, lambda j: stage(j, "sample")["status"] == "running", workers)
+    assert api.post(f"/v1/evaluations/{evaluation_id}/cancel").json()["status"] == "cancelled"
+    wait_for(api, evaluation_id, lambda j: stage_task_ended(workers), workers)
+    batches = worker_settings.artifact_dir / "evaluations" / evaluation_id / "sample" / "batches"
+    assert not batches.exists() or not any(batches.iterdir()), "the worker finished the batch it was cancelled in"
+
+
+def test_a_job_whose_worker_died_is_cancelled_at_once(
+    api: TestClient, workers: Workers, demo_checkpoint_id: str
+) -> None:
+    first = workers.start()
+    evaluation_id = submit(api, demo_checkpoint_id)
+    wait_for(api, evaluation_id, lambda j: stage(j, "sample")["done"] >= 8, workers)
+    workers.kill(first)
+    job = api.post(f"/v1/evaluations/{evaluation_id}/cancel").json()
+    assert (job["status"], [s["status"] for s in job["stages"]]) == ("cancelled", ["cancelled", "skipped"])
+
+    workers.start()  # the dead worker's task is redelivered, and ends at once
+    quick = submit(api, demo_checkpoint_id, QUICK_SPEC)
+    assert wait_for(api, quick, lambda j: j["status"] in TERMINAL, workers)["status"] == "succeeded"
+    assert api.get(f"/v1/evaluations/{evaluation_id}").json() == job
+
+
+def test_a_crashing_stage_is_retried_then_fails_with_its_error(
+    api: TestClient, workers: Workers, demo_checkpoint_id: str
+) -> None:
+    # The features stage raises KeyError in its first three runs: the first job uses them all (3 attempts) and
+    # fails; the second job's features stage then runs normally.
+    workers.start(fault=("features", "KeyError", 3))
+    failing = submit(api, demo_checkpoint_id, QUICK_SPEC)
+    job = wait_for(api, failing, lambda j: j["status"] in TERMINAL, workers)
+    assert job["status"] == "failed", job
+    message = fault_message("features", "KeyError")
+    assert job["error"] == f"stage features failed after 3 attempts: KeyError: {message!r}"
+    assert [s["status"] for s in job["stages"]] == ["done", "failed"]
+    assert workers.logs(tail=10**6).count("crashed; retrying") == 2
+
+    after = submit(api, demo_checkpoint_id, QUICK_SPEC)
+    assert wait_for(api, after, lambda j: j["status"] in TERMINAL, workers)["status"] == "succeeded"
+
+
+def test_invalid_input_fails_at_once(api: TestClient, workers: Workers, demo_checkpoint_id: str) -> None:
+    workers.start(fault=("sample", "InvalidInput", 1))
+    evaluation_id = submit(api, demo_checkpoint_id, QUICK_SPEC)
+    job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
+    assert (job["status"], job["error"]) == ("failed", f"stage sample: {fault_message('sample', 'InvalidInput')}")
+    assert [s["status"] for s in job["stages"]] == ["failed", "skipped"]
+    assert "crashed; retrying" not in workers.logs(tail=10**6)
+
+
+def test_a_job_stopped_after_its_last_stage_is_ended_when_resumed(
+    api: TestClient, workers: Workers, demo_checkpoint_id: str, worker_settings: Settings
+) -> None:
+    # The process died between recording the last stage and ending the job: every stage is done, the job is not.
+    evaluation_id = submit(api, demo_checkpoint_id, QUICK_SPEC)
+    job_store = ScopedStore(LocalStore(worker_settings.artifact_dir), job_prefix(evaluation_id))
+    summaries = {"sample": {"n": 8}, "features": {"n_generated": 8}}
+    with api.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        service.mark_running(session, evaluation_id)
+        for name, summary in summaries.items():
+            save_json(job_store, result_key(name), summary)
+            service.mark_stage_started(session, evaluation_id, name)
+            service.record_stage_done(session, evaluation_id, name, summary)
+    workers.start()  # receives the job's evaluations.run
+    job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
+    assert job["status"] == "succeeded", job
+    assert api.get(f"/v1/evaluations/{evaluation_id}/results").json()["stages"] == summaries

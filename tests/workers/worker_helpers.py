@@ -35,14 +35,17 @@ class Workers:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, fault: tuple[str, str, int] | None = None) -> subprocess.Popen[bytes]:
+        """Start a worker; `fault` = (stage, error, times) makes that stage raise (tests/faults.py)."""
         n = len(self.processes)
         log = (self.log_dir / f"worker-{n}.log").open("wb")
-        command = [
-            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--queues", "gpu,cpu",
+        celery = [
+            "celery", "-A", "workers.celery_app", "worker", "--queues", "gpu,cpu",
             "--concurrency", "1", "--hostname", f"test{n}-{secrets.token_hex(3)}@%h",
             "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         ]  # fmt: skip
+        faults = [] if fault is None else ["tests.faults", *map(str, fault)]
+        command = [sys.executable, "-m", *faults, *celery]
         process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
@@ -61,8 +64,9 @@ class Workers:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
 
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+    def logs(self, tail: int = 4000) -> str:
+        """The last `tail` characters of every worker's log."""
+        return "\n".join(p.read_text(errors="replace")[-tail:] for p in sorted(self.log_dir.glob("worker-*.log")))
 
 
 def wait_for(
