@@ -87,6 +87,7 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
             device=pick_device(settings.device),
             results=_finished_results(evaluation_id, spec, store),
             allow_downloads=settings.allow_downloads,
+            weights_dir=settings.weights_dir,
             report=_throttled(lambda done, total: _record_progress(evaluation_id, stage, done, total)),
             is_cancelled=_throttled_check(lambda: _cancel_requested(evaluation_id)),
         )

@@ -44,11 +44,13 @@ def broker_url() -> Iterator[str]:
 
 @pytest.fixture()
 def worker_settings(database_url: str, broker_url: str, tmp_path: Path) -> Settings:
+    (tmp_path / "weights").mkdir()
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
         artifact_dir=tmp_path / "artifacts",
         cache_dir=tmp_path / "cache",
+        weights_dir=tmp_path / "weights",
         broker_visibility_timeout=VISIBILITY_TIMEOUT,
         torch_threads=1,
     )

@@ -3,17 +3,21 @@ policy (a stage that raises is retried unless the error is InvalidInput, the use
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi.testclient import TestClient
+from safetensors.torch import save_file
 from worker_helpers import Workers, wait_for
 
 from app.evaluations import service
 from app.evaluations.service import job_prefix
 from app.settings import Settings
+from diffaudit.features.registry import TORCHVISION_MODELS
 from diffaudit.pipeline import result_key
 from diffaudit.store import LocalStore, ScopedStore, save_json
 from tests.faults import fault_message
@@ -184,3 +188,21 @@ def test_a_job_stopped_after_its_last_stage_is_ended_when_resumed(
     job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
     assert job["status"] == "succeeded", job
     assert api.get(f"/v1/evaluations/{evaluation_id}/results").json()["stages"] == summaries
+
+
+def test_a_job_loads_extractor_weights_from_the_operators_weights_folder(
+    api: TestClient, workers: Workers, worker_settings: Settings, demo_checkpoint_id: str
+) -> None:
+    """The spec names the file relative to DIFFAUDIT_WEIGHTS_DIR; the worker resolves it there and records its hash."""
+    assert worker_settings.weights_dir is not None
+    torch.manual_seed(3)
+    path = worker_settings.weights_dir / "squeezenet.safetensors"
+    save_file(TORCHVISION_MODELS["squeezenet1_1"].build().state_dict(), path)
+    workers.start()
+    spec = {**QUICK_SPEC, "features": {"extractor": "squeezenet1_1", "weights": "squeezenet.safetensors"}}
+    evaluation_id = submit(api, demo_checkpoint_id, spec)
+    job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
+    assert job["status"] == "succeeded", job
+    features = api.get(f"/v1/evaluations/{evaluation_id}/results").json()["stages"]["features"]
+    assert features["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not features["random_init"]
