@@ -24,7 +24,16 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 def test_every_metric_with_its_interval_and_sample_sizes(pair: tuple[np.ndarray, np.ndarray]) -> None:
     real, fake = pair
     out = dist.distribution_metrics(real, fake, kid_subsets=10, kid_subset_size=100, seed=1, bootstrap=50)
-    assert set(dist.METRIC_KEYS) == {"fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "vendi"}
+    assert set(dist.METRIC_KEYS) == {
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "vendi",
+    }
     assert set(dist.METRIC_KEYS) <= set(out)
     assert (out[dist.N_REAL], out[dist.N_FAKE]) == (240, 200)
     balls = ball_memberships(real, fake)

@@ -32,7 +32,9 @@ def test_fid_matches_torch_fidelity_pytorch_fid_and_clean_fid(pair: tuple[np.nda
     ours = fid(real, fake)
     s_fake = fid_features_to_statistics(torch.from_numpy(fake))
     s_real = fid_features_to_statistics(torch.from_numpy(real))
-    assert ours == pytest.approx(fid_statistics_to_metric(s_fake, s_real, False)["frechet_inception_distance"], rel=1e-6)
+    assert ours == pytest.approx(
+        fid_statistics_to_metric(s_fake, s_real, False)["frechet_inception_distance"], rel=1e-6
+    )
     mu = (real.mean(0, dtype=np.float64), fake.mean(0, dtype=np.float64))
     sigma = (np.cov(real, rowvar=False), np.cov(fake, rowvar=False))
     assert ours == pytest.approx(pytorch_fid_frechet(mu[0], sigma[0], mu[1], sigma[1]), rel=1e-6)
