@@ -54,7 +54,8 @@ def ours(real: np.ndarray, fake: np.ndarray) -> dict[str, Any]:
     from diffaudit.metrics.kid import kernel_inception_distance
     from diffaudit.metrics.prdc import ball_memberships
 
-    times, values = {}, {}
+    times: dict[str, float] = {}
+    values: dict[str, Any] = {}
     start = time.perf_counter()
     values["fid"] = frechet_distance(feature_moments(real), feature_moments(fake))
     times["fid"] = time.perf_counter() - start
@@ -77,7 +78,8 @@ def reference(real: np.ndarray, fake: np.ndarray, prdc_max_gb: float) -> dict[st
     from torch_fidelity.metric_prc import calculate_precision_recall_part
 
     fake_t, real_t = torch.from_numpy(fake), torch.from_numpy(real)  # torch-fidelity: input 1 is the generated set
-    times, values = {}, {}
+    times: dict[str, float] = {}
+    values: dict[str, Any] = {}
     start = time.perf_counter()
     stats = fid_features_to_statistics(fake_t), fid_features_to_statistics(real_t)
     values["fid"] = fid_statistics_to_metric(*stats, False)["frechet_inception_distance"]

@@ -8,7 +8,8 @@ are the port's file `pt_inception-2015-12-05-6726825d.pth` (FID_WEIGHTS_SHA256),
 refused unless its sha256 is that one; without weights the network is a seeded random initialisation.
 
 Preprocessing, as pytorch-fid's: uint8 / 255 to float32 in [0, 1], greyscale repeated to 3 channels, bilinear resize
-to 299 x 299 (align_corners=False, no antialiasing), then 2x - 1. Features: the global average pool of Mixed_7c
+to 299 x 299 (align_corners=False, no antialiasing), then 2x - 1 (torch-fidelity instead resizes as TensorFlow 1.x
+did, so its features differ slightly from these and pytorch-fid's for inputs that are not already 299 x 299). Features: the global average pool of Mixed_7c
 (2,048); logits: that pool times the 1,008-class fc weights without the bias, the logits the Inception Score's
 reference code uses (Salimans et al., arXiv 1606.03498), as torch-fidelity's `logits_unbiased`.
 """
@@ -132,7 +133,9 @@ class InceptionFidExtractor(Extractor):
         f"[-1, 1] by 2x - 1; network in float32"
     )
 
-    def __init__(self, network: tvm.Inception3, weights_sha256: str | None, seed: int | None, device: torch.device):
+    def __init__(
+        self, network: tvm.Inception3, weights_sha256: str | None, seed: int | None, device: torch.device
+    ) -> None:
         self.network = network.to(device).eval().requires_grad_(False)
         self.weights_sha256 = weights_sha256
         self.seed = None if weights_sha256 else seed

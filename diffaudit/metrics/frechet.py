@@ -4,14 +4,13 @@ Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local
 arXiv 1706.08500, Eq. 6: d^2 = |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)).
 
 The trace term tr (S_1 S_2)^(1/2) is the sum of the square roots of the eigenvalues of S_1 S_2, which are those of
-the symmetric positive semi-definite S_1^(1/2) S_2 S_1^(1/2) = B B^T with B = S_1^(1/2) S_2^(1/2); so it is the sum
-of the singular values of B (its nuclear norm). Computed that way it is real by construction and needs no
-non-symmetric matrix square root (scipy.linalg.sqrtm, whose results change across SciPy versions and turn complex
-on singular covariances): each PSD square root comes from a symmetric eigendecomposition whose eigenvalues below
-the numerical rank tolerance are set to zero (so a covariance of fewer samples than dimensions, singular by
-construction, contributes no rounding noise), and the singular values of B are computed directly, never as square
-roots of rounded eigenvalues. Moments are accumulated in float64 over row blocks, so memory stays at a few d x d
-matrices beside the inputs.
+the symmetric positive semi-definite S_1^(1/2) S_2 S_1^(1/2). Computed through two symmetric eigendecompositions
+(S_1 for its PSD square root, then that product) it is real by construction and needs no non-symmetric matrix square
+root (scipy.linalg.sqrtm, whose results change across SciPy versions and turn complex on singular covariances).
+Eigenvalues below the numerical rank tolerance are set to zero in both, so a covariance of fewer samples than
+dimensions (singular by construction) contributes no rounding noise: the square root of a rounding error of
+eps * |S| would add sqrt(eps * |S|) per null direction. Moments are accumulated in float64 over row blocks, so memory
+stays at a few d x d matrices beside the inputs.
 """
 
 from __future__ import annotations
@@ -70,22 +69,28 @@ def frechet_distance(first: Moments, second: Moments) -> float:
 
 
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
-    """tr (S_1 S_2)^(1/2) for PSD S_1, S_2: the nuclear norm of S_1^(1/2) S_2^(1/2) (real and >= 0)."""
-    root1, root2 = psd_sqrt(torch.from_numpy(s1)), psd_sqrt(torch.from_numpy(s2))
-    return float(torch.linalg.svdvals(root1 @ root2).sum())
+    """tr (S_1 S_2)^(1/2) for PSD S_1, S_2: the sum of the square roots of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2)."""
+    root1 = psd_sqrt(torch.from_numpy(s1))
+    values = _significant_eigenvalues(root1 @ torch.from_numpy(s2) @ root1)
+    return float(values.sqrt().sum())
 
 
 def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    """The symmetric PSD square root of a symmetric matrix, eigenvalues below the rank tolerance set to zero.
+    """The symmetric PSD square root of a symmetric matrix, eigenvalues below the rank tolerance set to zero."""
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * _above_tolerance(values).sqrt()) @ vectors.T
 
-    Tolerance: d * eps * max |eigenvalue| (numpy.linalg.matrix_rank's), so the null space of a singular covariance
-    stays exactly null and small negative rounding never reaches the square root.
-    """
-    symmetric = (matrix + matrix.T) / 2
-    values, vectors = torch.linalg.eigh(symmetric)
-    tolerance = values.abs().max() * matrix.shape[0] * torch.finfo(matrix.dtype).eps
-    roots = torch.where(values > tolerance, values.clamp_min(0).sqrt(), torch.zeros_like(values))
-    return (vectors * roots) @ vectors.T
+
+def _significant_eigenvalues(matrix: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of a symmetric PSD matrix, those below the rank tolerance set to zero."""
+    return _above_tolerance(torch.linalg.eigvalsh((matrix + matrix.T) / 2))
+
+
+def _above_tolerance(values: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues above d * eps * max |eigenvalue| (numpy.linalg.matrix_rank's tolerance), the others zero: the null
+    space of a singular covariance stays exactly null and negative rounding never reaches a square root."""
+    tolerance = values.abs().max() * len(values) * torch.finfo(values.dtype).eps
+    return torch.where(values > tolerance, values, torch.zeros_like(values))
 
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:

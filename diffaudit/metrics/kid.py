@@ -1,7 +1,7 @@
 """Kernel Inception Distance: the unbiased squared MMD with a cubic polynomial kernel, averaged over subsets.
 
 Binkowski et al., "Demystifying MMD GANs", arXiv 1801.01401: kernel k(x, y) = (x.y / d + 1)^3 (Sec. 4, KID),
-MMD^2 estimate of Eq. 4 over random subsets. Subsets are drawn as torch-fidelity draws them (numpy RandomState(seed);
+the unbiased MMD^2 estimate of Sec. 2 over random subsets. Subsets are drawn as torch-fidelity draws them (numpy RandomState(seed);
 per subset, `subset_size` generated rows then `subset_size` reference rows, each without replacement), and the
 estimator is torch-fidelity's "unbiased" one (the within-set sums drop their diagonals, the cross sum keeps it), so
 equal seeds give torch-fidelity's subsets and values. Kernels are computed in float64, one subset at a time: memory
@@ -60,7 +60,7 @@ def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def unbiased_mmd2(x: torch.Tensor, y: torch.Tensor) -> float:
     """MMD^2 of equal-size samples: within-set kernel means without the diagonal, minus twice the cross mean
-    (Binkowski et al., arXiv 1801.01401, Eq. 4; the cross term over all m^2 pairs, as torch-fidelity)."""
+    (Binkowski et al., arXiv 1801.01401, Sec. 2; the cross term over all m^2 pairs, as torch-fidelity)."""
     m = x.shape[0]
     k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
     within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))

@@ -2,7 +2,7 @@
 
 Precision and recall: Kynkaanniemi et al., "Improved Precision and Recall Metric for Assessing Generative Models",
 arXiv 1904.06991, Eqs. 1-2 (k = 3). Density and coverage: Naeem et al., "Reliable Fidelity and Diversity Metrics for
-Generative Models", arXiv 2002.09797, Eqs. 3-4. Every ball is closed (distance <= radius), so a set against itself
+Generative Models", arXiv 2002.09797, Sec. 3.2. Every ball is closed (distance <= radius), so a set against itself
 has coverage 1 (a strict '<' makes it 0 wherever duplicates give radius 0) and ties count as inside.
 
 Radii are exact float64 distances to the k-th nearest other row of the same set: the (k + 1)-th nearest row of the
@@ -44,22 +44,22 @@ class BallMemberships:
 
     @property
     def precision(self) -> float:
-        """Kynkaanniemi et al., arXiv 1904.06991, Eq. 1: share of generated rows inside the real manifold."""
+        """Kynkaanniemi et al., arXiv 1904.06991, Eqs. 1-2: share of generated rows inside the real manifold."""
         return float(self.fake_in_real.mean())
 
     @property
     def recall(self) -> float:
-        """Kynkaanniemi et al., arXiv 1904.06991, Eq. 2: share of real rows inside the generated manifold."""
+        """Kynkaanniemi et al., arXiv 1904.06991, Eqs. 1-2: share of real rows inside the generated manifold."""
         return float(self.real_in_fake.mean())
 
     @property
     def density(self) -> float:
-        """Naeem et al., arXiv 2002.09797, Eq. 3: (1 / kM) sum_j sum_i 1[Y_j in B(X_i, NND_k(X_i))]."""
+        """Naeem et al., arXiv 2002.09797, Sec. 3.2, density: (1 / kM) sum_j sum_i 1[Y_j in B(X_i, NND_k(X_i))]."""
         return float(self.fake_ball_counts.mean() / self.k)
 
     @property
     def coverage(self) -> float:
-        """Naeem et al., arXiv 2002.09797, Eq. 4: share of real balls B(X_i, NND_k(X_i)) holding a generated row."""
+        """Naeem et al., arXiv 2002.09797, Sec. 3.2, coverage: share of real balls B(X_i, NND_k(X_i)) holding a generated row."""
         return float(self.real_covered.mean())
 
 

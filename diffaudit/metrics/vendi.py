@@ -1,6 +1,7 @@
 """Vendi score with the cosine kernel, from the d x d second moment of the normalised features (no N x N kernel).
 
-Friedman and Dieng, "The Vendi Score: A Diversity Evaluation Metric for Machine Learning", arXiv 2210.02410, Eq. 1:
+Friedman and Dieng, "The Vendi Score: A Diversity Evaluation Metric for Machine Learning", arXiv 2210.02410, Sec. 3
+(definition of the Vendi score):
 VS = exp(-sum_i lambda_i log lambda_i), lambda_i the eigenvalues of K / n, K_ij = k(x_i, x_j). With the cosine kernel
 K = X X^T for the row-normalised features X (n x d), and K / n has the same non-zero eigenvalues as X^T X / n
 (d x d), which is accumulated in float64 over row blocks; 0 log 0 = 0.
