@@ -4,8 +4,9 @@ Binkowski et al., "Demystifying MMD GANs", arXiv 1801.01401: kernel k(x, y) = (x
 the unbiased MMD^2 estimate of Sec. 2 over random subsets. Subsets are drawn as torch-fidelity draws them (numpy RandomState(seed);
 per subset, `subset_size` generated rows then `subset_size` reference rows, each without replacement), and the
 estimator is torch-fidelity's "unbiased" one (the within-set sums drop their diagonals, the cross sum keeps it), so
-equal seeds give torch-fidelity's subsets and values. Kernels are computed in float64, one subset at a time: memory
-is three subset_size x subset_size matrices, whatever the number of rows.
+equal seeds give torch-fidelity's subsets and values. The inner products x.y are computed in the features' precision
+(float32 features: float32 products, as torch-fidelity; float64 features: float64) and the kernel and its sums in
+float64, one subset at a time: memory is three subset_size x subset_size matrices, whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ def kernel_inception_distance(
     for i in range(subsets):
         x = fake[rng.choice(len(fake), subset_size, replace=False)]
         y = real[rng.choice(len(real), subset_size, replace=False)]
-        values[i] = unbiased_mmd2(_as_float64(x), _as_float64(y))
+        values[i] = unbiased_mmd2(_as_tensor(x), _as_tensor(y))
     return KidResult(float(values.mean()), float(values.std()), values)
 
 
 def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """k(x, y) = (x.y / d + 1)^3 for every row pair (Binkowski et al., arXiv 1801.01401, Sec. 4)."""
-    inner = torch.addmm(torch.full((), KID_COEF0, dtype=x.dtype), x, y.T, alpha=1 / x.shape[1])
+    inner = (x @ y.T).double().mul_(1 / x.shape[1]).add_(KID_COEF0)
     return inner.pow_(KID_DEGREE)
 
 
@@ -67,5 +68,7 @@ def unbiased_mmd2(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(within - 2 * k_xy.sum() / (m * m))
 
 
-def _as_float64(rows: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
+def _as_tensor(rows: np.ndarray) -> torch.Tensor:
+    """float32 rows as they are, any other float rows as float64."""
+    dtype = np.float32 if rows.dtype == np.float32 else np.float64
+    return torch.from_numpy(np.ascontiguousarray(rows, dtype=dtype))

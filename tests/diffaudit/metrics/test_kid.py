@@ -22,8 +22,10 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 
 def test_kid_matches_torch_fidelity_on_the_same_subsets(pair: tuple[np.ndarray, np.ndarray]) -> None:
     real, fake = pair
-    ours = kernel_inception_distance(real, fake, subsets=20, subset_size=100, seed=7)
-    # torch-fidelity: input 1 is the generated set; float64 inputs so that it computes in float64 as we do
+    ours = kernel_inception_distance(
+        real.astype(np.float64), fake.astype(np.float64), subsets=20, subset_size=100, seed=7
+    )
+    # torch-fidelity: input 1 is the generated set; float64 features on both sides, so both compute in float64
     theirs = kid_features_to_metric(
         torch.from_numpy(fake).double(),
         torch.from_numpy(real).double(),
@@ -36,9 +38,22 @@ def test_kid_matches_torch_fidelity_on_the_same_subsets(pair: tuple[np.ndarray, 
     assert ours.std == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-9)
 
 
+def test_float32_features_give_kid_within_float32_rounding_of_float64(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    real, fake = pair
+    single = kernel_inception_distance(real, fake, subsets=5, subset_size=100)
+    double = kernel_inception_distance(real.astype(np.float64), fake.astype(np.float64), subsets=5, subset_size=100)
+    assert single.mean == pytest.approx(double.mean, rel=1e-5)
+    theirs = kid_features_to_metric(
+        torch.from_numpy(fake), torch.from_numpy(real), kid_subsets=5, kid_subset_size=100, rng_seed=0, verbose=False
+    )  # torch-fidelity on float32 features computes everything in float32
+    assert single.mean == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
+
+
 def test_kid_matches_clean_fid_on_the_same_subsets(pair: tuple[np.ndarray, np.ndarray]) -> None:
     real, fake = pair
-    ours = kernel_inception_distance(real, fake, subsets=10, subset_size=100, seed=3)
+    ours = kernel_inception_distance(
+        real.astype(np.float64), fake.astype(np.float64), subsets=10, subset_size=100, seed=3
+    )
     np.random.seed(3)  # clean-fid draws from the global numpy RNG, generated rows (its feats2) first
     theirs = cleanfid_kernel_distance(real.astype(np.float64), fake.astype(np.float64), 10, 100)
     assert ours.mean == pytest.approx(theirs, rel=1e-9)
