@@ -9,9 +9,10 @@ refused unless its sha256 is that one; without weights the network is a seeded r
 
 Preprocessing, as pytorch-fid's: uint8 / 255 to float32 in [0, 1], greyscale repeated to 3 channels, bilinear resize
 to 299 x 299 (align_corners=False, no antialiasing), then 2x - 1 (torch-fidelity instead resizes as TensorFlow 1.x
-did, so its features differ slightly from these and pytorch-fid's for inputs that are not already 299 x 299). Features: the global average pool of Mixed_7c
-(2,048); logits: that pool times the 1,008-class fc weights without the bias, the logits the Inception Score's
-reference code uses (Salimans et al., arXiv 1606.03498), as torch-fidelity's `logits_unbiased`.
+did, so its features differ slightly from these and pytorch-fid's for inputs that are not already 299 x 299).
+Features: the global average pool of Mixed_7c (2,048); logits: that pool times the 1,008-class fc weights without the
+bias, the logits the Inception Score's reference code uses (Salimans et al., arXiv 1606.03498), as torch-fidelity's
+`logits_unbiased`.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def frechet_distance(first: Moments, second: Moments) -> float:
 
 
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
-    """tr (S_1 S_2)^(1/2) for PSD S_1, S_2: the sum of the square roots of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2)."""
+    """tr (S_1 S_2)^(1/2) for PSD S_1, S_2: the sum of the square roots of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2)"""
     root1 = psd_sqrt(torch.from_numpy(s1))
     values = _significant_eigenvalues(root1 @ torch.from_numpy(s2) @ root1)
     return float(values.sqrt().sum())

@@ -59,7 +59,8 @@ class BallMemberships:
 
     @property
     def coverage(self) -> float:
-        """Naeem et al., arXiv 2002.09797, Sec. 3.2, coverage: share of real balls B(X_i, NND_k(X_i)) holding a generated row."""
+        """Naeem et al., arXiv 2002.09797, Sec. 3.2, coverage: share of real balls B(X_i, NND_k(X_i)) holding a
+        generated row."""
         return float(self.real_covered.mean())
 
 
