@@ -4,9 +4,10 @@ Binkowski et al., "Demystifying MMD GANs", arXiv 1801.01401: kernel k(x, y) = (x
 unbiased MMD^2 estimate of Sec. 2 over random subsets. Subsets are drawn as torch-fidelity draws them (numpy
 RandomState(seed); per subset, `subset_size` generated rows then `subset_size` reference rows, each without
 replacement), and the estimator is torch-fidelity's "unbiased" one (the within-set sums drop their diagonals, the
-cross sum keeps it), so equal seeds give torch-fidelity's subsets and values. The inner products x.y are computed in the features' precision
-(float32 features: float32 products, as torch-fidelity; float64 features: float64) and the kernel and its sums in
-float64, one subset at a time: memory is three subset_size x subset_size matrices, whatever the number of rows.
+cross sum keeps it), so equal seeds give torch-fidelity's subsets and values. The inner products x.y are computed in
+the features' precision (float32 features: float32 products, as torch-fidelity; float64 features: float64) and the
+kernel and its sums in float64, one subset at a time: memory is three subset_size x subset_size matrices, whatever
+the number of rows.
 """
 
 from __future__ import annotations
