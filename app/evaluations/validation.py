@@ -16,13 +16,8 @@ from app.errors import Invalid
 from app.models import Checkpoint, Dataset
 from app.settings import Settings
 from diffaudit.errors import InvalidInput
-from diffaudit.features.registry import (
-    InvalidWeights,
-    extractor_dim,
-    extractor_input_size,
-    extractor_weights_path,
-    local_weights_path,
-)
+from diffaudit.features.registry import extractor_dim, extractor_input_size, extractor_weights_path
+from diffaudit.features.weights import InvalidWeights, local_weights_path
 from diffaudit.metrics.density import AVG_KNN_K, PRECISION_K
 from diffaudit.spec import EvaluationSpec
 
@@ -250,10 +245,6 @@ def check_novelty(s: Submission) -> None:
 def check_memorization(s: Submission) -> None:
     memorization = s.spec.memorization
     _need_images(s, "memorization", "runs the model on the training images (volume growth)")
-    if memorization.space != "pixels" and "features" not in s.spec.stages:
-        raise SpecRefused(
-            "spec.memorization.space", f"{memorization.space!r} uses the features stage: add 'features' to stages"
-        )
     if memorization.n_neighbours > s.n_train:
         raise SpecRefused(
             "spec.memorization.n_neighbours",

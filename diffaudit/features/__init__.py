@@ -2,7 +2,8 @@
 
 from diffaudit.features.cache import extract_features, training_features, training_features_key
 from diffaudit.features.extractors import Extractor, NetworkExtractor, PixelExtractor
-from diffaudit.features.registry import InvalidWeights, UnknownExtractor, available_extractors, create_extractor
+from diffaudit.features.registry import UnknownExtractor, available_extractors, create_extractor
+from diffaudit.features.weights import InvalidWeights
 
 __all__ = [
     "Extractor",

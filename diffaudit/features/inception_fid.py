@@ -26,7 +26,7 @@ import torchvision.models as tvm
 from torchvision.models.inception import InceptionA, InceptionC, InceptionE
 
 from diffaudit.features.extractors import Extractor, check_images
-from diffaudit.features.registry import InvalidWeights, file_sha256, local_weights_path, read_state_dict, seeded
+from diffaudit.features.weights import InvalidWeights, file_sha256, read_state_dict, seeded
 
 INCEPTION_FID = "inception-fid"
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -162,11 +162,10 @@ class InceptionFidExtractor(Extractor):
             return (pool @ self.network.fc.weight.T).cpu().numpy()
 
 
-def create_inception_fid(weights: str | Path | None, seed: int, device: torch.device) -> InceptionFidExtractor:
-    """The `inception-fid` extractor: weights from the local FID_WEIGHTS_FILE (sha256 checked) or seeded at random."""
-    if weights is None:
+def create_inception_fid(path: Path | None, seed: int, device: torch.device) -> InceptionFidExtractor:
+    """The `inception-fid` extractor: weights from a local FID_WEIGHTS_FILE (sha256 checked) or seeded at random."""
+    if path is None:
         return InceptionFidExtractor(seeded(fid_inception_v3, seed), None, seed, device)
-    path = local_weights_path(weights)
     sha256 = file_sha256(path)
     if sha256 != FID_WEIGHTS_SHA256:
         raise InvalidWeights(

@@ -41,7 +41,7 @@ from diffaudit.common.batches import Batches, draw_resumable
 from diffaudit.common.cache import get_or_compute
 from diffaudit.errors import InvalidInput
 from diffaudit.features.cache import training_features
-from diffaudit.features.registry import local_weights_path
+from diffaudit.features.weights import local_weights_path
 from diffaudit.guidance.density import DensityReport
 from diffaudit.guidance.hardness import fit_timestep_gaussians
 from diffaudit.guidance.sampling import LowDensityGuidance, guidance_timesteps

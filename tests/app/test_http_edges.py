@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.uploads import JSON_BODY_LIMIT
-from diffaudit.features.registry import InvalidWeights
+from diffaudit.features.weights import InvalidWeights
 
 
 @pytest.mark.parametrize(

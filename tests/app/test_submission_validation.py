@@ -195,8 +195,13 @@ def test_memorization_needs_enough_training_images_and_images(
     assert submit({"stages": ["memorization"], "memorization": {"n_neighbours": 1438}}).status_code == 201
     features = upload_dataset(client, auth, features=np.ones((60, 256), dtype=np.float32))
     assert_refused(submit({"stages": ["memorization"]}, features), "dataset_id", "holds features only")
-    by_features = {"stages": ["memorization"], "memorization": {"space": "both"}}
-    assert_refused(submit(by_features), "spec.memorization.space", "add 'features' to stages")
+    # space features/both brings the features stage in itself (its prerequisites come from its own spec)
+    by_features = submit({"stages": ["memorization"], "memorization": {"space": "both"}})
+    assert by_features.status_code == 201 and by_features.json()["spec"]["stages"] == [
+        "sample",
+        "features",
+        "memorization",
+    ]
     axes = {"stages": ["memorization"], "memorization": {"n_axes": 300}}
     assert_refused(submit(axes), "spec.memorization.n_axes", "image dimension 256")
 

@@ -25,7 +25,8 @@ from diffaudit.features import (
     training_features,
     training_features_key,
 )
-from diffaudit.features.registry import TORCHVISION_MODELS, seeded, state_dict_sha256
+from diffaudit.features.registry import TORCHVISION_MODELS
+from diffaudit.features.weights import seeded, state_dict_sha256
 from diffaudit.pipeline import Cancelled, StageContext
 from diffaudit.spec import EvaluationSpec, FeaturesSpec
 from diffaudit.stages.artifacts import GENERATED_FEATURES_KEY as GENERATED_KEY
@@ -51,8 +52,16 @@ def in_batches(extractor, images: np.ndarray, batch_size: int) -> np.ndarray:
 def test_available_extractors_cover_the_papers_models():
     names = available_extractors()
     assert names[:2] == ["pixels", "random-cnn"]
-    # Novelty paper Table 3 (VGG16, SqueezeNet, EfficientNetB7, AlexNet, InceptionV3) plus resnet18.
-    assert set(names[2:]) == {"squeezenet1_1", "vgg16", "alexnet", "efficientnet_b7", "inception_v3", "resnet18"}
+    # Novelty paper Table 3 (VGG16, SqueezeNet, EfficientNetB7, AlexNet, InceptionV3), resnet18, the FID network.
+    assert set(names[2:]) == {
+        "squeezenet1_1",
+        "vgg16",
+        "alexnet",
+        "efficientnet_b7",
+        "inception_v3",
+        "resnet18",
+        "inception-fid",
+    }
 
 
 @pytest.mark.parametrize("name", ["nope", "squeezenet", "timm:not_a_timm_model", "timm:"])

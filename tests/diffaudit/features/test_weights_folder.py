@@ -9,13 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from diffaudit.errors import InvalidInput
-from diffaudit.features.registry import (
-    InvalidWeights,
-    UnknownExtractor,
-    create_extractor,
-    extractor_weights_path,
-    local_weights_path,
-)
+from diffaudit.features.registry import UnknownExtractor, create_extractor, extractor_weights_path
+from diffaudit.features.weights import InvalidWeights, local_weights_path
 
 NOT_IN_FOLDER = "is not a file of the weights folder"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import nn
 
 import diffaudit.features.inception_fid as inception_fid
 from diffaudit.features.inception_fid import FID_POOL_DIM, create_inception_fid, fid_inception_v3, pool_features
-from diffaudit.features.registry import InvalidWeights, seeded
+from diffaudit.features.weights import InvalidWeights, seeded
 
 CPU = torch.device("cpu")
 
@@ -140,3 +141,22 @@ def test_random_initialisation_is_seeded(extractor: inception_fid.InceptionFidEx
     for key, value in a.network.state_dict().items():
         torch.testing.assert_close(value, b.network.state_dict()[key], rtol=0, atol=0)
     assert a.cache_key() == b.cache_key() != extractor.cache_key()  # seed 3 against seed 0
+
+
+def test_the_registry_builds_inception_fid_from_the_weights_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inception-fid` is a registered name: its dimension and input size are known without building it, and its
+    weights are named relative to the operator's folder like every other extractor's."""
+    from diffaudit.features.registry import available_extractors, create_extractor, extractor_dim, extractor_input_size
+
+    assert "inception-fid" in available_extractors()
+    assert extractor_dim("inception-fid", (16, 16, 1)) == FID_POOL_DIM
+    assert extractor_input_size("inception-fid", (16, 16, 1)) == (299, 299, 3)
+    seeded_extractor = create_extractor("inception-fid", seed=3, device=CPU)
+    assert seeded_extractor.random_init and seeded_extractor.weights_sha256 is None
+    path = tmp_path / "weights.pth"
+    torch.save(fid_inception_v3().state_dict(), path)
+    monkeypatch.setattr(inception_fid, "FID_WEIGHTS_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+    loaded = create_extractor("inception-fid", weights="weights.pth", weights_dir=tmp_path, device=CPU)
+    assert loaded.weights_sha256 == inception_fid.FID_WEIGHTS_SHA256
