@@ -60,6 +60,14 @@ def test_worker_reserves_a_gpu_and_consumes_both_queues() -> None:
     assert re.search(r"^FROM nvidia/cuda:", (ROOT / "docker/worker.Dockerfile").read_text(), re.M)
 
 
+def test_the_api_and_the_workers_see_one_weights_folder_read_only() -> None:
+    """The API checks a spec's weights names in the folder the workers read them from."""
+    folder = COMPOSE["x-diffaudit-env"]["DIFFAUDIT_WEIGHTS_DIR"]
+    for service in ("api", "worker"):
+        assert SERVICES[service]["environment"]["DIFFAUDIT_WEIGHTS_DIR"] == folder
+        assert f"./weights:{folder}:ro" in SERVICES[service]["volumes"]
+
+
 def test_flower_watches_the_workers_celery_app() -> None:
     command = SERVICES["flower"]["command"]
     app_module = command[command.index("-A") + 1]
