@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -26,19 +23,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+from api_server import api_server, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MB = 500
 JUNK_MIB = 1024
 IDENTICAL_DATASETS = 20
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set size (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 def save_tiny_checkpoint(folder: Path) -> Path:
@@ -174,43 +164,16 @@ def run(url: str, token: str, tmp: Path, server_pid: int, check: Callable[[str, 
 
 
 def main() -> None:
-    from workers.cli import free_port, wait_until_healthy
-
     failures: list[str] = []
 
     def check(what: str, ok: bool) -> None:
         if not ok:
             failures.append(what)
 
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFAUDIT_")}
-        env.update(
-            DIFFAUDIT_DATABASE_URL=f"sqlite:///{tmp}/bench.db",
-            DIFFAUDIT_ARTIFACT_DIR=str(tmp / "artifacts"),
-            DIFFAUDIT_TORCH_THREADS="1",
-        )
-        cli = [sys.executable, "-m", "diffaudit.cli"]
-        subprocess.run([*cli, "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
-        token = subprocess.run(
-            [*cli, "token", "create", "--project", "bench"], env=env, cwd=ROOT, check=True, capture_output=True,
-            text=True,
-        ).stdout.strip()  # fmt: skip
-        port = free_port()
-        log = tmp / "server.log"
-        with log.open("wb") as out:
-            server = subprocess.Popen(
-                [*cli, "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_until_healthy(url, server, log)
-            idle_mb = peak_rss_mb(server.pid)
-            run(url, token, tmp, server.pid, check)
-            peak_mb = peak_rss_mb(server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as tmp_name, api_server(Path(tmp_name)) as server:
+        idle_mb = peak_rss_mb(server.pid)
+        run(server.url, server.token, Path(tmp_name), server.pid, check)
+        peak_mb = peak_rss_mb(server.pid)
 
     above = peak_mb - idle_mb
     print(f"API process peak memory: {peak_mb:.0f} MB, idle {idle_mb:.0f} MB: {above:.0f} MB above idle "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from api_server import api_server, peak_rss_mb
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,14 +42,6 @@ def make_zip(path: Path, n: int, size: int = 32, classes: int = 10, seed: int = 
             buffer = io.BytesIO()
             Image.fromarray(image).save(buffer, format="PNG")
             zf.writestr(f"class{i % classes}/{i:06d}.png", buffer.getvalue())
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set size (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 EXTRACT = """
@@ -78,7 +70,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from diffaudit.client import Client
-    from workers.cli import free_port, wait_until_healthy
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -88,35 +79,12 @@ def main() -> None:
         print(f"generated {args.n} PNG images 32x32 RGB in {time.perf_counter() - started:.1f} s "
               f"({archive.stat().st_size / 2**20:.0f} MB zip)")  # fmt: skip
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFAUDIT_")}
-        env.update(
-            DIFFAUDIT_DATABASE_URL=f"sqlite:///{tmp}/bench.db",
-            DIFFAUDIT_ARTIFACT_DIR=str(tmp / "artifacts"),
-            DIFFAUDIT_TORCH_THREADS=str(args.threads),
-        )
-        cli = [sys.executable, "-m", "diffaudit.cli"]
-        subprocess.run([*cli, "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
-        token = subprocess.run(
-            [*cli, "token", "create", "--project", "bench"], env=env, cwd=ROOT, check=True, capture_output=True,
-            text=True,
-        ).stdout.strip()  # fmt: skip
-        port = free_port()
-        log = tmp / "server.log"
-        with log.open("wb") as out:
-            server = subprocess.Popen(
-                [*cli, "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_until_healthy(url, server, log)
+        with api_server(tmp, args.threads) as server:
             idle_mb = peak_rss_mb(server.pid)
             started = time.perf_counter()
-            dataset = Client(url, token, timeout=3600).push_dataset(archive, name="bench")
+            dataset = Client(server.url, server.token, timeout=3600).push_dataset(archive, name="bench")
             upload_seconds = time.perf_counter() - started
             upload_peak = peak_rss_mb(server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
         extract = subprocess.run(
             [sys.executable, "-c", EXTRACT, str(tmp / "artifacts"), f"datasets/{dataset['id']}", str(args.threads)],
