@@ -110,8 +110,13 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
         if self.request.retries < MAX_RETRIES:
             log.exception("evaluation %s stage %s crashed; retrying", evaluation_id, stage)
             raise self.retry(exc=exc, countdown=RETRY_DELAY) from exc
+        # A defect's text can hold server paths: the job names its type, the worker's log has the rest.
+        log.exception("evaluation %s stage %s failed after %d attempts", evaluation_id, stage, MAX_RETRIES + 1)
         with session_scope() as session:
-            message = f"stage {stage} failed after {MAX_RETRIES + 1} attempts: {type(exc).__name__}: {exc}"
+            message = (
+                f"stage {stage} failed after {MAX_RETRIES + 1} attempts with an internal error "
+                f"({type(exc).__name__}); the worker's log has the details"
+            )
             service.finish(session, evaluation_id, FAILED, error=message)
         return
 

@@ -11,9 +11,10 @@ import torch
 
 from diffaudit.checkpoints import load_checkpoint, make_scheduler
 from diffaudit.checkpoints.sampling import denoise
-from diffaudit.pipeline import Cancelled, StageContext
 from diffaudit.spec import EvaluationSpec
-from diffaudit.stages.sample import BATCHES_PREFIX, SampleStage
+from diffaudit.stages.artifacts import SAMPLE_BATCHES_PREFIX
+from diffaudit.stages.base import Cancelled, StageContext
+from diffaudit.stages.sample import SampleStage
 from diffaudit.store import LocalStore, ScopedStore
 
 CPU = torch.device("cpu")
@@ -80,4 +81,4 @@ def test_the_sample_stage_stops_inside_a_batch(tmp_path: Path, make_tiny_checkpo
     with pytest.raises(Cancelled):
         SampleStage().run(ctx)
     assert len(passes) == 3, "the one batch of 10 steps stopped after its third step"
-    assert ctx.job.list(BATCHES_PREFIX) == []
+    assert ctx.job.list(SAMPLE_BATCHES_PREFIX) == []
