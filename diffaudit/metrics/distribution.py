@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from diffaudit.errors import InvalidInput
-from diffaudit.metrics.frechet import feature_moments, frechet_distance, per_class_fid
+from diffaudit.metrics.frechet import checked_features, feature_moments, frechet_distance, per_class_fid
 from diffaudit.metrics.kid import kernel_inception_distance
 from diffaudit.metrics.prdc import PRDC_K, ball_memberships
 from diffaudit.metrics.vendi import vendi_score
@@ -67,7 +67,7 @@ def distribution_metrics(
     Keys: METRIC_KEYS, N_REAL, N_FAKE, INTERVALS ({metric: [low, high]} at `level`, KID_STD excepted), WARNINGS
     (list of sentences), the settings used, and FID_PER_CLASS ({label: FID}) when both label arrays are given.
     """
-    real, fake = _checked(real, "real"), _checked(fake, "fake")
+    real, fake = checked_features(real, "real features"), checked_features(fake, "fake features")
     if real.shape[1] != fake.shape[1]:
         raise InvalidInput(f"real and generated features differ in width: {real.shape[1]} and {fake.shape[1]}")
     if not 0 < level < 1:
@@ -107,15 +107,6 @@ def distribution_metrics(
     if real_labels is not None and fake_labels is not None:
         result[FID_PER_CLASS] = {str(c): v for c, v in per_class_fid(real, real_labels, fake, fake_labels).items()}
     return result
-
-
-def _checked(features: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(features)
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
-        raise InvalidInput(f"{name} features must be a 2-D float array (rows, dim), got {x.dtype} {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise InvalidInput(f"{name} features contain non-finite values; recompute them")
-    return x
 
 
 def _resampled_means(terms: np.ndarray, replicates: int, rng: np.random.Generator) -> np.ndarray:

@@ -41,7 +41,7 @@ def feature_moments(features: np.ndarray, weights: np.ndarray | None = None) -> 
 
     Accumulated in float64 over blocks of MOMENT_BLOCK_ROWS rows, centred on the mean first (two passes).
     """
-    x = _checked_features(features, "features")
+    x = checked_features(features, "features")
     w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
     count = float(w.sum())
     if count < 2:
@@ -113,12 +113,13 @@ def per_class_fid(
     }
 
 
-def _checked_features(features: np.ndarray, name: str) -> np.ndarray:
+def checked_features(features: np.ndarray, name: str) -> np.ndarray:
+    """`features` as a 2-D finite float array, or InvalidInput naming `name`."""
     x = np.asarray(features)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
         raise InvalidInput(f"{name} must be a 2-D float array (rows, dim), got {x.dtype} {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise InvalidInput(f"{name} contain non-finite values")
+        raise InvalidInput(f"{name} contain non-finite values; recompute them")
     return x
 
 
