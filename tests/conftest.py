@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -60,3 +61,17 @@ def tiny_overfit_model() -> Path:
     from diffaudit.demo import ensure_demo_model
 
     return ensure_demo_model("digits-overfit", TEST_MODEL_DIR, progress=False, train_steps=TINY_OVERFIT_TRAIN_STEPS)
+
+
+@pytest.fixture
+def no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail if a layer's weights are initialised anywhere but on the meta device (i.e. allocated)."""
+    import torch
+
+    real = torch.nn.init.kaiming_uniform_
+
+    def meta_only(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        assert tensor.is_meta, "a model was built with real memory before the checks"
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", meta_only)

@@ -11,7 +11,6 @@ import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -173,18 +172,6 @@ CONTENT_CASES = {
     "true as the image size": (_unet(sample_size=True), 422, "sample_size must be a positive integer"),
     "an image size the UNet cannot return to": (_unet(sample_size=17), 422, "that can run on 17x17 images"),
 }
-
-
-@pytest.fixture
-def no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail if a layer's weights are initialised anywhere but on the meta device (i.e. allocated)."""
-    real = torch.nn.init.kaiming_uniform_
-
-    def meta_only(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        assert tensor.is_meta, "a model was built with real memory before the checks"
-        return real(tensor, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", meta_only)
 
 
 @pytest.mark.parametrize("case", list(CONTENT_CASES))

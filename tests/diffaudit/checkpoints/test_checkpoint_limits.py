@@ -53,18 +53,6 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path / "ckpt"
 
 
-@pytest.fixture
-def no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail if a layer's weights are initialised anywhere but on the meta device (i.e. allocated)."""
-    real = torch.nn.init.kaiming_uniform_
-
-    def meta_only(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        assert tensor.is_meta, "a model was built with real memory before the checks"
-        return real(tensor, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", meta_only)
-
-
 UNET_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "negative channels": ({"block_out_channels": [-8, 16]}, "block_out_channels is [-8, 16]; it must be a list"),
     "zero norm groups": ({"norm_num_groups": 0}, "norm_num_groups is 0; it must be an integer from 1"),
