@@ -7,6 +7,7 @@ read. Their sha256 goes into the extractor's cache key. Without weights a networ
 from `seed` (the IRS supplement, Sec. 14, finds a randomly initialised Inception-v3 the most
 diversity-preserving extractor). Nothing is downloaded, except a timm `hf-hub:` model when
 the caller passes allow_downloads=True (the worker's DIFFAUDIT_ALLOW_DOWNLOADS setting).
+DINOv2 and CLIP (diffaudit.features.vit) and inception-fid have their own modules; docs/extractors.md lists them all.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from diffaudit.features.extractors import (
     random_cnn,
 )
 from diffaudit.features.inception_fid import FID_INPUT_SIZE, FID_POOL_DIM, create_inception_fid
+from diffaudit.features.vit import VIT_INPUT_SIZE, VIT_MODELS, create_vit_extractor
 from diffaudit.features.weights import (
     DOWNLOADS_SETTING,
     HUB_PREFIX,
@@ -45,7 +47,6 @@ from diffaudit.features.weights import (
     short_message,
     state_dict_sha256,
 )
-from diffaudit.features.vit import VIT_INPUT_SIZE, VIT_MODELS, create_vit_extractor
 
 TIMM_PREFIX = "timm:"
 INCEPTION_FID = "inception-fid"
@@ -323,4 +324,6 @@ def _timm_from_file(model_name: str, path: Path) -> nn.Module:
     try:
         return timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
     except RuntimeError as exc:
-        raise InvalidWeights(f"weights file {path.name!r} does not fit timm's {model_name}: {short_message(exc)}") from exc
+        raise InvalidWeights(
+            f"weights file {path.name!r} does not fit timm's {model_name}: {short_message(exc)}"
+        ) from exc

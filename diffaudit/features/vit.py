@@ -153,8 +153,8 @@ def load_vit_weights(name: str, model: VitModel, network: nn.Module, path: Path)
     try:
         state = checkpoint_filter_fn(dict(raw), network)  # type: ignore[arg-type]
         if model.dinov2 and "pos_embed" in raw:
-            grid = tuple(network.patch_embed.grid_size)  # type: ignore[union-attr]
-            state["pos_embed"] = dinov2_position_embedding(raw["pos_embed"], (int(grid[0]), int(grid[1])))
+            side = math.isqrt(network.state_dict()["pos_embed"].shape[1] - 1)  # the network's square patch grid
+            state["pos_embed"] = dinov2_position_embedding(raw["pos_embed"], (side, side))
         network.load_state_dict(state, strict=True)
     except Exception as exc:  # timm's conversion and the strict load fail in many ways; all mean a foreign file
         raise InvalidWeights(

@@ -191,8 +191,8 @@ def timm_transform_input(network: torch.nn.Module, image: np.ndarray, **override
 
 
 def assert_within_pil_rounding(ours: torch.Tensor, theirs: torch.Tensor, std: float) -> None:
-    """PIL resamples 8-bit images with fixed-point filter weights and rounds; torchvision (ours) resamples in float32 and
-    rounds. Measured on random noise, the worst case: at most 2 uint8 levels apart, on under 1% of the values. So:
+    """PIL resamples 8-bit images with fixed-point filter weights and rounds; torchvision (ours) resamples in float32
+    and rounds. Measured on random noise, the worst case: at most 2 uint8 levels apart, on under 1% of the values. So:
     at most 2/255 of a unit in [0, 1] (2 / 255 / std after normalisation) anywhere, and under 2% of values differ."""
     difference = (ours - theirs).abs()
     assert ours.shape == theirs.shape
@@ -220,9 +220,7 @@ def test_clip_preprocessing_is_timms_transform_with_clips_full_crop(
     assert_within_pil_rounding(clip.network_input(image)[0], theirs, std=0.261)
 
 
-def test_greyscale_is_replicated_to_three_channels_in_one_place(
-    dinov2: NetworkExtractor, images: np.ndarray
-) -> None:
+def test_greyscale_is_replicated_to_three_channels_in_one_place(dinov2: NetworkExtractor, images: np.ndarray) -> None:
     grey = images[:2, :, :, :1]
     rgb = rgb_tensor(grey, CPU)
     assert rgb.shape == (2, 3, 40, 40) and rgb.dtype == torch.uint8
