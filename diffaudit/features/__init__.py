@@ -1,4 +1,5 @@
-"""Feature extractors (pixels, random-init CNN, torchvision, timm), local weights, and the training-feature cache."""
+"""Feature extractors (pixels, random-init CNN, torchvision, timm, inception-fid, DINOv2, CLIP), local weights, and the
+training-feature cache."""
 
 from diffaudit.features.cache import extract_features, training_features, training_features_key
 from diffaudit.features.extractors import Extractor, NetworkExtractor, PixelExtractor

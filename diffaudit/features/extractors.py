@@ -4,8 +4,9 @@ An extractor maps a uint8 NHWC batch (C = 1 or 3) to float32 features (B, dim), 
 mode, without gradients, on its own device. Every image is processed independently of the
 others in its batch, so features never depend on the batch size (a known pitfall of
 evaluation tools). Its `cache_key()` identifies the features it computes: the same name,
-weights (or seed) and preprocessing give the same key, and training-set features are cached
-under it (diffaudit.features.cache).
+layer, weights (or seed), resize mode, dtype and preprocessing give the same key, and training-set
+features are cached under it (diffaudit.features.cache). Greyscale becomes RGB in one place,
+diffaudit.features.preprocess.rgb_tensor.
 """
 
 from __future__ import annotations
@@ -16,21 +17,13 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffaudit.errors import InvalidInput
+from diffaudit.features.preprocess import RESIZE_DESCRIPTIONS, check_images, resized_unit_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def check_images(images: np.ndarray) -> None:
-    """Refuse anything but a uint8 NHWC batch with 1 or 3 channels."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
-        raise ValueError(
-            f"extractors take uint8 images of shape (batch, height, width, 1 or 3); got {images.dtype} {images.shape}"
-        )
 
 
 class Extractor(ABC):
@@ -39,7 +32,8 @@ class Extractor(ABC):
     `weights_sha256` is the sha256 of the weights (None: no weights, see `seed`); `seed` is the
     seed of a random initialisation (None when weights were loaded or nothing is random);
     `dim` is the feature dimension (None only for `pixels`, whose dimension is H*W*C of its
-    input); `layer` names the layer whose output is the feature vector.
+    input); `layer` names the layer whose output is the feature vector; `resize` is the resize mode
+    (a key of diffaudit.features.preprocess.RESIZE_MODES, or "none"); `dtype` the dtype the network computes in.
     """
 
     name: str
@@ -48,14 +42,19 @@ class Extractor(ABC):
     seed: int | None
     preprocessing: str
     layer: str
+    resize: str
+    dtype: str
 
     def cache_key(self) -> str:
-        """sha256 over everything that determines the features: name, layer, weights or seed, preprocessing."""
+        """sha256 over everything that determines the features: name, layer, weights or seed, resize mode, dtype and
+        preprocessing."""
         identity = {
             "name": self.name,
             "layer": self.layer,
             "weights_sha256": self.weights_sha256,
             "seed": self.seed,
+            "resize": self.resize,
+            "dtype": self.dtype,
             "preprocessing": self.preprocessing,
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -83,6 +82,8 @@ class PixelExtractor(Extractor):
     seed = None
     preprocessing = "uint8 NHWC divided by 255 (values in [0, 1]), flattened in H, W, C order; no resize, channels kept"
     layer = "input"
+    resize = "none"
+    dtype = "float32"
 
     def output_dim(self, image_shape: tuple[int, ...]) -> int:
         return int(np.prod(image_shape))
@@ -93,7 +94,10 @@ class PixelExtractor(Extractor):
 
 
 class NetworkExtractor(Extractor):
-    """A torch network on a fixed square input: resize, normalise, forward, flatten."""
+    """A torch network on a fixed square input: greyscale to RGB, resize (`resize` mode), normalise, forward, flatten.
+
+    The network computes in `dtype` (float32 unless asked otherwise); features are returned as float32.
+    """
 
     def __init__(
         self,
@@ -108,9 +112,11 @@ class NetworkExtractor(Extractor):
         weights_sha256: str | None,
         seed: int | None,
         device: torch.device,
+        resize: str = "bilinear",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.name = name
-        self.network = network.to(device).eval().requires_grad_(False)
+        self.network = network.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.dim = dim
         self.layer = layer
         self.input_size = input_size
@@ -119,28 +125,23 @@ class NetworkExtractor(Extractor):
         self.weights_sha256 = weights_sha256
         self.seed = None if weights_sha256 else seed
         self.device = device
+        self.resize = resize
+        self.torch_dtype = dtype
+        self.dtype = str(dtype).removeprefix("torch.")
         self.preprocessing = (
-            f"uint8 NHWC divided by 255; greyscale repeated to 3 channels; bilinear resize "
-            f"(align_corners=False, antialias=True) to {input_size}x{input_size} without cropping; "
-            f"normalised per channel with mean={tuple(mean)} std={tuple(std)}"
+            f"uint8 NHWC; greyscale repeated to 3 channels; {RESIZE_DESCRIPTIONS[resize].format(size=input_size)}; "
+            f"divided by 255; normalised per channel with mean={tuple(mean)} std={tuple(std)}; "
+            f"network in {self.dtype}"
         )
 
     def network_input(self, images: np.ndarray) -> torch.Tensor:
-        """The preprocessing described by `self.preprocessing`, as a float NCHW tensor on the device."""
-        check_images(images)
-        x = (
-            torch.from_numpy(np.array(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        )  # copy: may be read-only
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if x.shape[2:] != (self.input_size, self.input_size):
-            size = (self.input_size, self.input_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        """The preprocessing described by `self.preprocessing`, as a float32 NCHW tensor on the device."""
+        x = resized_unit_rgb(images, self.resize, self.input_size, self.device)
         return (x - self.mean) / self.std
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out = self.network(self.network_input(images)).flatten(1)
+            out = self.network(self.network_input(images).to(self.torch_dtype)).flatten(1)
         if out.shape[1] != self.dim:
             raise RuntimeError(f"{self.name} produced {out.shape[1]} features, expected {self.dim}")
         return out.float().cpu().numpy()

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torchvision.models.inception import InceptionA, InceptionC, InceptionE
 
-from diffaudit.features.extractors import Extractor, check_images
+from diffaudit.features.extractors import Extractor
+from diffaudit.features.preprocess import resized_unit_rgb
 from diffaudit.features.weights import InvalidWeights, file_sha256, read_state_dict, seeded
 
 INCEPTION_FID = "inception-fid"
@@ -34,7 +35,7 @@ FID_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb
 FID_INPUT_SIZE = 299
 FID_CLASSES = 1008
 FID_POOL_DIM = 2048
-FID_RESIZE = "bilinear"
+FID_RESIZE = "bilinear-no-antialias"
 
 
 def _tf_average_pool(x: torch.Tensor) -> torch.Tensor:
@@ -128,8 +129,10 @@ class InceptionFidExtractor(Extractor):
     name = INCEPTION_FID
     dim = FID_POOL_DIM
     layer = "avgpool: global average pool of Mixed_7c (2,048), before the 1,008-class fc"
+    resize = FID_RESIZE
+    dtype = "float32"
     preprocessing = (
-        f"uint8 NHWC divided by 255 to float32 [0, 1]; greyscale repeated to 3 channels; {FID_RESIZE} resize "
+        f"uint8 NHWC divided by 255 to float32 [0, 1]; greyscale repeated to 3 channels; bilinear resize "
         f"(align_corners=False, antialias=False) to {FID_INPUT_SIZE}x{FID_INPUT_SIZE} as pytorch-fid; scaled to "
         f"[-1, 1] by 2x - 1; network in float32"
     )
@@ -144,11 +147,7 @@ class InceptionFidExtractor(Extractor):
 
     def network_input(self, images: np.ndarray) -> torch.Tensor:
         """The preprocessing of `preprocessing`, as a float32 (N, 3, 299, 299) tensor on the device."""
-        check_images(images)
-        x = torch.from_numpy(np.array(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        x = F.interpolate(x, size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode=FID_RESIZE, align_corners=False)
+        x = resized_unit_rgb(images, FID_RESIZE, FID_INPUT_SIZE, self.device)
         return (2 * x - 1).contiguous()  # one memory layout for every input, so one convolution algorithm
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ read. Their sha256 goes into the extractor's cache key. Without weights a networ
 from `seed` (the IRS supplement, Sec. 14, finds a randomly initialised Inception-v3 the most
 diversity-preserving extractor). Nothing is downloaded, except a timm `hf-hub:` model when
 the caller passes allow_downloads=True (the worker's DIFFAUDIT_ALLOW_DOWNLOADS setting).
+DINOv2 and CLIP (diffaudit.features.vit) and inception-fid have their own modules; docs/extractors.md lists them all.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from diffaudit.features.extractors import (
     random_cnn,
 )
 from diffaudit.features.inception_fid import FID_INPUT_SIZE, FID_POOL_DIM, create_inception_fid
+from diffaudit.features.vit import VIT_INPUT_SIZE, VIT_MODELS, create_vit_extractor
 from diffaudit.features.weights import (
     DOWNLOADS_SETTING,
     HUB_PREFIX,
@@ -42,6 +44,7 @@ from diffaudit.features.weights import (
     local_weights_path,
     read_state_dict,
     seeded,
+    short_message,
     state_dict_sha256,
 )
 
@@ -133,7 +136,7 @@ TORCHVISION_MODELS: dict[str, TorchvisionModel] = {
 
 def available_extractors() -> list[str]:
     """Every fixed name; any timm model is also available as 'timm:<model_name>'."""
-    return ["pixels", "random-cnn", *TORCHVISION_MODELS, INCEPTION_FID]
+    return ["pixels", "random-cnn", *TORCHVISION_MODELS, INCEPTION_FID, *VIT_MODELS]
 
 
 def create_extractor(
@@ -167,6 +170,8 @@ def create_extractor(
         return _torchvision_extractor(name, path, seed, device)
     if name == INCEPTION_FID:
         return create_inception_fid(path, seed, device)
+    if name in VIT_MODELS:
+        return create_vit_extractor(name, path, seed, device)
     return _timm_extractor(name.removeprefix(TIMM_PREFIX), path, seed, device)
 
 
@@ -180,7 +185,7 @@ def extractor_weights_path(
     if name in ("pixels", "random-cnn"):
         _refuse_weights(name, weights)
         return None
-    if name in TORCHVISION_MODELS or name == INCEPTION_FID:
+    if name in TORCHVISION_MODELS or name == INCEPTION_FID or name in VIT_MODELS:
         return None if weights is None else local_weights_path(weights, weights_dir=weights_dir)
     if not name.startswith(TIMM_PREFIX):
         raise UnknownExtractor(
@@ -214,6 +219,8 @@ def extractor_dim(name: str, image_shape: tuple[int, ...]) -> int | None:
         return TORCHVISION_MODELS[name].dim
     if name == INCEPTION_FID:
         return FID_POOL_DIM
+    if name in VIT_MODELS:
+        return VIT_MODELS[name].dim
     return None
 
 
@@ -227,6 +234,8 @@ def extractor_input_size(name: str, image_shape: tuple[int, ...]) -> tuple[int, 
         return (size, size, 3)
     if name == INCEPTION_FID:
         return (FID_INPUT_SIZE, FID_INPUT_SIZE, 3)
+    if name in VIT_MODELS:
+        return (VIT_INPUT_SIZE, VIT_INPUT_SIZE, 3)
     if name.startswith(TIMM_PREFIX) and not name.startswith(TIMM_PREFIX + HUB_PREFIX):
         from timm.models import get_pretrained_cfg
 
@@ -267,7 +276,7 @@ def _load_strict(network: nn.Module, state_dict: dict[str, torch.Tensor], proble
         network.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise InvalidWeights(
-            f"{problem}: {_shorten(exc)}. Give the full state dict of that model (with its 1000-class head), "
+            f"{problem}: {short_message(exc)}. Give the full state dict of that model (with its 1000-class head), "
             f"e.g. saved with safetensors.torch.save_file(model.state_dict(), path)"
         ) from exc
 
@@ -315,9 +324,6 @@ def _timm_from_file(model_name: str, path: Path) -> nn.Module:
     try:
         return timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
     except RuntimeError as exc:
-        raise InvalidWeights(f"weights file {path.name!r} does not fit timm's {model_name}: {_shorten(exc)}") from exc
-
-
-def _shorten(exc: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
+        raise InvalidWeights(
+            f"weights file {path.name!r} does not fit timm's {model_name}: {short_message(exc)}"
+        ) from exc

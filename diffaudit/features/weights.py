@@ -106,3 +106,9 @@ def state_dict_sha256(network: nn.Module) -> str:
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def short_message(exc: BaseException, limit: int = 400) -> str:
+    """An exception's text on one line, cut at `limit` characters (state-dict errors list every key)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."

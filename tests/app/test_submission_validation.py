@@ -178,6 +178,20 @@ def test_features_of_another_dimension_are_refused(client: TestClient, auth: dic
     assert_refused(submit(pixels, dataset), "spec.features.extractor", "256-dimensional")
 
 
+def test_a_dinov2_spec_is_checked_at_its_dimension_and_input_size(
+    client: TestClient, auth: dict[str, str], submit: Submit
+) -> None:
+    """dinov2-vitb14 gives 768-d features of 224x224x3 inputs; both are known without building the network."""
+    spec = {"stages": ["features"], "features": {"extractor": "dinov2-vitb14"}}
+    dataset = upload_dataset(client, auth, features=FEATURES_8D)
+    assert_refused(submit(spec, dataset), "spec.features.extractor", "8-dimensional", "'dinov2-vitb14' gives 768")
+    features_768d = np.random.default_rng(1).normal(size=(40, 768)).astype(np.float32)
+    assert submit(spec, upload_dataset(client, auth, features=features_768d)).status_code == 201
+    large = {"stages": ["features"], "features": {"extractor": "dinov2-vitb14", "batch_size": 4096}}
+    assert_refused(submit(large), "spec.features.batch_size", "224x224x3", "at most 891")
+    assert submit({"stages": ["features"], "features": {"extractor": "dinov2-vitb14"}}).status_code == 201
+
+
 def test_a_one_row_features_dataset_is_refused_for_irs_and_novelty(
     client: TestClient, auth: dict[str, str], submit: Submit
 ) -> None:

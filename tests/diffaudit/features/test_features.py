@@ -52,8 +52,17 @@ def in_batches(extractor, images: np.ndarray, batch_size: int) -> np.ndarray:
 def test_available_extractors_cover_the_papers_models():
     names = available_extractors()
     assert names[:2] == ["pixels", "random-cnn"]
-    # Novelty paper Table 3 (VGG16, SqueezeNet, EfficientNetB7, AlexNet, InceptionV3), resnet18, the FID network.
+    # Novelty paper Table 3 (VGG16, SqueezeNet, EfficientNetB7, AlexNet, InceptionV3), resnet18, the FID network,
+    # DINOv2 and CLIP.
     assert set(names[2:]) == {
+        "dinov2-vits14",
+        "dinov2-vitb14",
+        "dinov2-vitl14",
+        "dinov2-vitg14",
+        "clip-vitb16",
+        "clip-vitl14",
+        "clip-vitb16-openai",
+        "clip-vitl14-openai",
         "squeezenet1_1",
         "vgg16",
         "alexnet",
