@@ -116,6 +116,43 @@ def cmd_irs(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_feature_file(path: str, name: str) -> Any:
+    """A .npy array of feature rows, memory-mapped; InvalidInput naming the option when it cannot be read."""
+    import numpy as np
+
+    from diffaudit.errors import InvalidInput
+
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InvalidInput(f"{name} {path}: not a readable .npy file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput(f"{name} {path}: an .npz archive; save one array with numpy.save")
+    return array
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from diffaudit.spec import DistributionSpec
+    from diffaudit.stages.distribution import measure
+
+    try:
+        spec = DistributionSpec(
+            k=args.k,
+            kid_subsets=args.kid_subsets,
+            kid_subset_size=args.kid_subset_size,
+            bootstrap=args.bootstrap,
+            moment_bootstrap=args.moment_bootstrap,
+            confidence=args.confidence,
+            seed=args.seed,
+        )
+        result = measure(spec, load_feature_file(args.real, "--real"), load_feature_file(args.fake, "--fake"))
+    except ValueError as exc:  # InvalidInput, and pydantic's ValidationError of an option out of bounds
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_json(result)
+    return 0
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from diffaudit import gate
 
@@ -205,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
     p.add_argument("--alpha-e", type=float, default=0.05)
     p.set_defaults(handler=cmd_irs)
+
+    p = commands.add_parser("metrics", help="FID, KID, precision/recall, density/coverage, Vendi of two .npy files")
+    p.add_argument("--real", required=True, help="reference feature rows (N, D), .npy")
+    p.add_argument("--fake", required=True, help="generated feature rows (M, D), .npy")
+    p.add_argument("--k", type=int, default=3, help="k of the k-NN balls (precision, recall, density, coverage)")
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, help="default: 1000, or the smaller set's size when below")
+    p.add_argument("--bootstrap", type=int, default=100, help="replicates of the ball metrics and KID")
+    p.add_argument("--moment-bootstrap", type=int, default=10, help="replicates of FID and Vendi")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_metrics)
 
     p = commands.add_parser("gate", help="CI gate: exit 0 if the checkpoint reaches --min-irs, 1 rejected, 2 error")
     p.add_argument("--checkpoint", required=True, help="diffusers folder or zip of one")

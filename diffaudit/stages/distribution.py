@@ -27,6 +27,26 @@ def kid_subset_size(spec: DistributionSpec, n_real: int, n_fake: int) -> int:
     return spec.kid_subset_size or min(DEFAULT_KID_SUBSET_SIZE, n_real, n_fake)
 
 
+def measure(
+    spec: DistributionSpec, real: np.ndarray, fake: np.ndarray, labels: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """distribution_metrics of `fake` against `real` with the spec's settings ((real, fake) labels: FID per class);
+    the stage and `diffaudit metrics` both measure through it."""
+    return distribution_metrics(
+        real,
+        fake,
+        k=spec.k,
+        kid_subsets=spec.kid_subsets,
+        kid_subset_size=kid_subset_size(spec, len(real), len(fake)),
+        seed=spec.seed,
+        bootstrap=spec.bootstrap,
+        moment_bootstrap=spec.moment_bootstrap,
+        level=spec.confidence,
+        real_labels=None if labels is None else labels[0],
+        fake_labels=None if labels is None else labels[1],
+    )
+
+
 def distribution_headline(metrics: dict[str, Any]) -> str:
     fid_low, fid_high = metrics["intervals"]["fid"] or (metrics["fid"], metrics["fid"])
     return (
@@ -48,19 +68,7 @@ class DistributionStage:
         fake = np.asarray(artifacts.generated_features(ctx), dtype=np.float32)
         ctx.report(0, 1)
         labels = artifacts.class_labels(ctx, train) if spec.per_class else None
-        metrics = distribution_metrics(
-            real,
-            fake,
-            k=spec.k,
-            kid_subsets=spec.kid_subsets,
-            kid_subset_size=kid_subset_size(spec, len(real), len(fake)),
-            seed=spec.seed,
-            bootstrap=spec.bootstrap,
-            moment_bootstrap=spec.moment_bootstrap,
-            level=spec.confidence,
-            real_labels=None if labels is None else labels[0],
-            fake_labels=None if labels is None else labels[1],
-        )
+        metrics = measure(spec, real, fake, labels)
         ctx.job.put_bytes(FIGURE_KEY, distribution_png(metrics))
         ctx.report(1, 1)
         return {
