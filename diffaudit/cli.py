@@ -132,6 +132,8 @@ def load_feature_file(path: str, name: str) -> Any:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from diffaudit.spec import DistributionSpec
     from diffaudit.stages.distribution import measure
 
@@ -146,7 +148,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         result = measure(spec, load_feature_file(args.real, "--real"), load_feature_file(args.fake, "--fake"))
-    except ValueError as exc:  # InvalidInput, and pydantic's ValidationError of an option out of bounds
+    except ValidationError as exc:  # an option out of bounds
+        options = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        print(f"error: {options}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # InvalidInput: a file or arrays that cannot be compared
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _print_json(result)

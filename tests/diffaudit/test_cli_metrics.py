@@ -61,8 +61,8 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--fake", str(tmp_path / "empty.npy")], "not a readable .npy file"),
         (["--fake", str(tmp_path / "ints.npy")], "2-D float array"),
         (["--real", real, "--kid-subset-size", "500"], "KID subset size 500 exceeds"),
-        (["--k", "0"], "k"),
-        (["--k", "200"], "k"),
+        (["--k", "0"], "--k: Input should be greater than or equal to 1"),
+        (["--confidence", "1.5"], "--confidence: Input should be less than 1"),
     ]
 
 
