@@ -171,6 +171,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         extractor=args.extractor,
         metric=args.metric,
         rule=args.rule,
+        **{c.option: getattr(args, c.option) for c in gate.CRITERIA if c is not gate.IRS_CRITERION},
     )
     try:
         if args.server:
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_metrics)
 
-    p = commands.add_parser("gate", help="CI gate: exit 0 if the checkpoint reaches --min-irs, 1 rejected, 2 error")
+    p = commands.add_parser("gate", help="CI gate: exit 0 if every criterion passes, 1 rejected, 2 error")
     p.add_argument("--checkpoint", required=True, help="diffusers folder or zip of one")
     p.add_argument("--dataset", required=True, help="dataset id on the server; in-process: 'digits' or a .zip/.npz")
     p.add_argument("--min-irs", type=float, required=True, help="target IRS_d for IRS_inf")
@@ -272,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default="random-cnn")
     p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
     p.add_argument("--rule", choices=["sequential", "bound"], default="sequential")
-    p.add_argument("--junit", help="write a JUnit XML report here")
+    p.add_argument("--max-fid", type=float, help="FID of the distribution stage at most this")
+    p.add_argument("--max-kid", type=float, help="KID (mean over subsets) at most this")
+    for name in ("precision", "recall", "density", "coverage", "vendi"):
+        p.add_argument(f"--min-{name}", type=float, help=f"{name} of the distribution stage at least this")
+    p.add_argument("--max-copy-rate", type=float, help="share of samples the extraction test flags as copies, at most")
+    p.add_argument("--junit", help="write a JUnit XML report here (one test case per criterion)")
     p.add_argument("--json", help="write the verdict as JSON here")
     p.add_argument("--server", default=os.environ.get("DIFFAUDIT_SERVER"), help="none: run in-process")
     p.add_argument("--token", default=os.environ.get("DIFFAUDIT_TOKEN"))

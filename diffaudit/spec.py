@@ -317,7 +317,9 @@ class DistributionSpec(_StageSpec):
                 "leave it unset (1000 or the number of samples), or raise sample.n"
             )
         if self.k + 1 > n:
-            raise InvalidInput(f"distribution.k {self.k} needs at least k + 1 samples, got {n}: lower it or raise sample.n")
+            raise InvalidInput(
+                f"distribution.k {self.k} needs at least k + 1 samples, got {n}: lower it or raise sample.n"
+            )
 
 
 class EvaluationSpec(_Frozen):

@@ -67,7 +67,8 @@ def test_the_stage_reports_the_metric_functions_on_generated_against_training_fe
     assert sorted(summary["fid_per_class"], key=int) == [str(c) for c in range(10)]
     assert summary["fid_per_class"] == pytest.approx(expected["fid_per_class"])
     parsed = DistributionSummary.model_validate(summary)
-    assert parsed.intervals["fid"] is not None and parsed.intervals["fid"][0] <= parsed.fid <= parsed.intervals["fid"][1]
+    fid_interval = parsed.intervals["fid"]
+    assert fid_interval is not None and fid_interval[0] <= parsed.fid <= fid_interval[1]
     assert summary["headline"].startswith(f"FID {summary['fid']:.3g} [")
     assert summary["extractor"] == "pixels" and summary["reference"] == "training split"
     assert job.get_bytes(FIGURE_KEY)[:4] == b"\x89PNG"
