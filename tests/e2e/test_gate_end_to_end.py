@@ -109,3 +109,20 @@ def test_an_early_rejection_leaves_the_other_criteria_not_evaluated(tiny_overfit
     suite = ET.parse(tmp_path / "report.xml").getroot()
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "2")
     assert not Path(report["evaluation"], "distribution").exists()
+
+
+def test_several_criteria_through_a_server(
+    embedded_server: tuple[str, str], tiny_demo_model: Path, tmp_path: Path
+) -> None:
+    url, token = embedded_server
+    criteria = ("--max-fid", "1e9", "--min-coverage", "0", "--max-copy-rate", "1")
+    code, report = gate(tiny_demo_model, tmp_path, 256, "--server", url, "--token", token, *criteria)
+    assert code == 0 and report["outcome"] == "pass", report
+    assert [(c["name"], c["verdict"]) for c in report["criteria"]] == [
+        ("irs_diversity", "pass"),
+        ("fid", "pass"),
+        ("coverage", "pass"),
+        ("copy_rate", "pass"),
+    ]
+    assert all(c["value"] is not None and c["interval"] is not None for c in report["criteria"])
+    assert report["reason"] == "all 4 criteria pass"
