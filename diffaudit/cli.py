@@ -116,6 +116,49 @@ def cmd_irs(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_feature_file(path: str, name: str) -> Any:
+    """A .npy array of feature rows, memory-mapped; InvalidInput naming the option when it cannot be read."""
+    import numpy as np
+
+    from diffaudit.errors import InvalidInput
+
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InvalidInput(f"{name} {path}: not a readable .npy file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput(f"{name} {path}: an .npz archive; save one array with numpy.save")
+    return array
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from diffaudit.spec import DistributionSpec
+    from diffaudit.stages.distribution import measure
+
+    try:
+        spec = DistributionSpec(
+            k=args.k,
+            kid_subsets=args.kid_subsets,
+            kid_subset_size=args.kid_subset_size,
+            bootstrap=args.bootstrap,
+            moment_bootstrap=args.moment_bootstrap,
+            confidence=args.confidence,
+            seed=args.seed,
+        )
+        result = measure(spec, load_feature_file(args.real, "--real"), load_feature_file(args.fake, "--fake"))
+    except ValidationError as exc:  # an option out of bounds
+        options = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        print(f"error: {options}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # InvalidInput: a file or arrays that cannot be compared
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_json(result)
+    return 0
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from diffaudit import gate
 
@@ -128,6 +171,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         extractor=args.extractor,
         metric=args.metric,
         rule=args.rule,
+        **{c.option: getattr(args, c.option) for c in gate.CRITERIA if c is not gate.IRS_CRITERION},
     )
     try:
         if args.server:
@@ -206,7 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha-e", type=float, default=0.05)
     p.set_defaults(handler=cmd_irs)
 
-    p = commands.add_parser("gate", help="CI gate: exit 0 if the checkpoint reaches --min-irs, 1 rejected, 2 error")
+    p = commands.add_parser("metrics", help="FID, KID, precision/recall, density/coverage, Vendi of two .npy files")
+    p.add_argument("--real", required=True, help="reference feature rows (N, D), .npy")
+    p.add_argument("--fake", required=True, help="generated feature rows (M, D), .npy")
+    p.add_argument("--k", type=int, default=3, help="k of the k-NN balls (precision, recall, density, coverage)")
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, help="default: 1000, or the smaller set's size when below")
+    p.add_argument("--bootstrap", type=int, default=100, help="replicates of the ball metrics and KID")
+    p.add_argument("--moment-bootstrap", type=int, default=10, help="replicates of FID and Vendi")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_metrics)
+
+    p = commands.add_parser("gate", help="CI gate: exit 0 if every criterion passes, 1 rejected, 2 error")
     p.add_argument("--checkpoint", required=True, help="diffusers folder or zip of one")
     p.add_argument("--dataset", required=True, help="dataset id on the server; in-process: 'digits' or a .zip/.npz")
     p.add_argument("--min-irs", type=float, required=True, help="target IRS_d for IRS_inf")
@@ -217,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default="random-cnn")
     p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
     p.add_argument("--rule", choices=["sequential", "bound"], default="sequential")
-    p.add_argument("--junit", help="write a JUnit XML report here")
+    p.add_argument("--max-fid", type=float, help="FID of the distribution stage at most this")
+    p.add_argument("--max-kid", type=float, help="KID (mean over subsets) at most this")
+    for name in ("precision", "recall", "density", "coverage", "vendi"):
+        p.add_argument(f"--min-{name}", type=float, help=f"{name} of the distribution stage at least this")
+    p.add_argument("--max-copy-rate", type=float, help="share of samples the extraction test flags as copies, at most")
+    p.add_argument("--junit", help="write a JUnit XML report here (one test case per criterion)")
     p.add_argument("--json", help="write the verdict as JSON here")
     p.add_argument("--server", default=os.environ.get("DIFFAUDIT_SERVER"), help="none: run in-process")
     p.add_argument("--token", default=os.environ.get("DIFFAUDIT_TOKEN"))

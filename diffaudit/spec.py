@@ -23,6 +23,7 @@ STAGE_ORDER: tuple[str, ...] = (
     "sample",
     "features",
     "irs",
+    "distribution",
     "balance",
     "novelty",
     "memorization",
@@ -287,6 +288,40 @@ class BalanceSpec(_StageSpec):
         return ("sample",)
 
 
+class DistributionSpec(_StageSpec):
+    """The `distribution` stage: FID, KID, precision / recall, density / coverage and Vendi of the generated features
+    against the training images' (diffaudit.metrics.distribution), each with a bootstrap interval; FID per class."""
+
+    k: int = Field(3, ge=1, le=100, description="k of the k-NN balls of precision, recall, density, coverage")
+    kid_subsets: int = Field(100, ge=1, le=10_000, description="KID: random subsets averaged (torch-fidelity: 100)")
+    kid_subset_size: int | None = Field(
+        None,
+        ge=2,
+        le=100_000,
+        description="KID: rows per subset and side; None = 1000 (torch-fidelity's), or fewer when a side has fewer",
+    )
+    bootstrap: int = Field(100, ge=0, le=10_000, description="bootstrap replicates of the ball metrics and KID")
+    moment_bootstrap: int = Field(
+        10, ge=0, le=1000, description="bootstrap replicates of FID and Vendi (two d x d moments per replicate)"
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of every bootstrap interval")
+    per_class: bool = Field(True, description="FID per class when the dataset and the samples have labels")
+    seed: Seed = Field(0, description="seed of the KID subsets and the bootstrap")
+
+    def check_sample_count(self, n: int) -> None:
+        """InvalidInput naming the field when `n` generated rows cannot be measured: k-NN radii need k + 1 rows and a
+        KID subset kid_subset_size rows."""
+        if self.kid_subset_size is not None and self.kid_subset_size > n:
+            raise InvalidInput(
+                f"distribution.kid_subset_size {self.kid_subset_size} exceeds the {n} samples (sample.n): lower it, "
+                "leave it unset (1000 or the number of samples), or raise sample.n"
+            )
+        if self.k + 1 > n:
+            raise InvalidInput(
+                f"distribution.k {self.k} needs at least k + 1 samples, got {n}: lower it or raise sample.n"
+            )
+
+
 class EvaluationSpec(_Frozen):
     version: Literal[1] = 1
     stages: tuple[str, ...] = Field(("sample", "features"), description="stages to run; prerequisites are added")
@@ -298,6 +333,7 @@ class EvaluationSpec(_Frozen):
     novelty: NoveltySpec = NoveltySpec()
     irs: IRSSpec = IRSSpec()
     balance: BalanceSpec = BalanceSpec()
+    distribution: DistributionSpec = DistributionSpec()
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -322,6 +358,8 @@ class EvaluationSpec(_Frozen):
                 f"{self.novelty.entropy_k} (its entropy and KL spreads use half-samples of entropy_k + 1 points "
                 f"or more): raise sample.n or lower novelty.entropy_k"
             )
+        if "distribution" in self.stages:
+            self.distribution.check_sample_count(self.sample.n)
         return self
 
     def spec_hash(self) -> str:

@@ -335,6 +335,22 @@ def check_augmentation(s: Submission) -> None:
         )
 
 
+def check_distribution(s: Submission) -> None:
+    """The training split is the reference set: it needs k + 1 rows for its k-NN radii and a full KID subset."""
+    distribution = s.spec.distribution
+    if distribution.kid_subset_size is not None and distribution.kid_subset_size > s.n_train:
+        raise SpecRefused(
+            "spec.distribution.kid_subset_size",
+            f"{distribution.kid_subset_size} exceeds the {s.n_train} training items of dataset {s.dataset.id}; lower "
+            f"it to at most {s.n_train}, or leave it unset",
+        )
+    if distribution.k + 1 > s.n_train:
+        raise SpecRefused(
+            "spec.distribution.k",
+            f"{distribution.k} needs at least k + 1 training items; dataset {s.dataset.id} has {s.n_train}",
+        )
+
+
 STAGE_CHECKS: dict[str, Callable[[Submission], None]] = {
     "irs": check_irs,
     "novelty": check_novelty,
@@ -342,4 +358,5 @@ STAGE_CHECKS: dict[str, Callable[[Submission], None]] = {
     "balance": check_balance,
     "guided": check_guided,
     "augmentation": check_augmentation,
+    "distribution": check_distribution,
 }

@@ -54,6 +54,15 @@ def sample_labels(ctx: StageContext) -> np.ndarray | None:
     return load_array(ctx.job, SAMPLE_LABELS_KEY) if ctx.job.exists(SAMPLE_LABELS_KEY) else None
 
 
+def class_labels(ctx: StageContext, items: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels of the dataset items `items`, label of each sample) when the dataset is labelled and the model
+    class-conditional; None otherwise."""
+    generated = sample_labels(ctx)
+    if ctx.dataset.labels is None or generated is None:
+        return None
+    return np.asarray(ctx.dataset.labels)[items], np.asarray(generated)
+
+
 def samples_before_rejection(ctx: StageContext) -> np.ndarray | None:
     """The samples drawn before early rejection stopped the sample stage (None when it did not)."""
     return load_array(ctx.job, REJECTED_SAMPLES_KEY) if ctx.job.exists(REJECTED_SAMPLES_KEY) else None

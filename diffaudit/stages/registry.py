@@ -5,6 +5,7 @@ from __future__ import annotations
 from diffaudit.stages.augmentation import AugmentationStage
 from diffaudit.stages.balance import BalanceStage
 from diffaudit.stages.base import Stage
+from diffaudit.stages.distribution import DistributionStage
 from diffaudit.stages.features import FeaturesStage
 from diffaudit.stages.guided import GuidedStage
 from diffaudit.stages.irs import IRSStage
@@ -22,6 +23,7 @@ STAGES: dict[str, Stage] = {
         NoveltyStage(),
         IRSStage(),
         BalanceStage(),
+        DistributionStage(),
         AugmentationStage(),
     )
 }

@@ -52,3 +52,25 @@ class IRSSummary(StageSummary):
     decision: dict[str, Any]
     synthetic: IRSQuantities
     adjusted: dict[str, Any] = {}
+
+
+Interval = tuple[float, float] | None  # a bootstrap interval; None without replicates
+
+
+class DistributionSummary(StageSummary):
+    """The distribution stage's summary, as the gate reads it (diffaudit.metrics.distribution's keys)."""
+
+    fid: float
+    kid_mean: float
+    kid_std: float
+    precision: float
+    recall: float
+    density: float
+    coverage: float
+    vendi: float
+    n_real: int
+    n_fake: int
+    k: int
+    intervals: dict[str, Interval]
+    warnings: list[str] = []
+    fid_per_class: dict[str, float] | None = None

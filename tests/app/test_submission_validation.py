@@ -201,6 +201,20 @@ def test_a_one_row_features_dataset_is_refused_for_irs_and_novelty(
     assert submit({"stages": ["features"], "features": {"extractor": "pixels"}}, dataset).status_code == 201
 
 
+def test_distribution_needs_a_full_kid_subset_of_samples_and_of_training_items(
+    client: TestClient, auth: dict[str, str], submit: Submit
+) -> None:
+    small = upload_dataset(client, auth, images=grey(40))  # no held-out split: 40 training images
+    too_large = {"stages": ["distribution"], "sample": {"n": 64}, "distribution": {"kid_subset_size": 50}}
+    assert_refused(submit(too_large, small), "spec.distribution.kid_subset_size", "50 exceeds the 40 training items")
+    assert_refused(submit({"stages": ["distribution"], "distribution": {"k": 40}}, small), "spec.distribution.k", "40")
+    more_than_sampled = submit({**too_large, "sample": {"n": 32}})  # refused by the spec itself: a 422 too
+    assert more_than_sampled.status_code == 422, more_than_sampled.text
+    assert "distribution.kid_subset_size 50 exceeds the 32 samples" in more_than_sampled.json()["error"]["message"]
+    accepted = submit({"stages": ["distribution"], "distribution": {"kid_subset_size": 40}}, small)
+    assert accepted.status_code == 201 and accepted.json()["spec"]["stages"] == ["sample", "features", "distribution"]
+
+
 def test_memorization_needs_enough_training_images_and_images(
     client: TestClient, auth: dict[str, str], submit: Submit
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 import zipfile
@@ -73,7 +74,97 @@ def test_junit_and_json_reports(tmp_path: Path) -> None:
         "evidence": {"distinct": 17},
         "evaluation": "ev_2",
         "exit_code": 1,
+        "criteria": [],
     }
+
+
+DISTRIBUTION_RESULT = {
+    "headline": "FID 52.1 ...",
+    **{"fid": 52.1, "kid_mean": 0.01, "kid_std": 0.002, "precision": 0.7, "recall": 0.4, "density": 0.9},
+    **{"coverage": 0.8, "vendi": 5.0, "n_real": 1438, "n_fake": 256, "k": 3},
+    "intervals": {"fid": [48.0, 56.2], "precision": [0.65, 0.75], "kid_mean": [0.008, 0.012], "vendi": None},
+}
+MEMORIZATION_RESULT = {"headline": "...", "spaces": {"pixels": {"extraction": {"n_flagged": 3, "n_generated": 256}}}}
+SEVERAL = gate.GateOptions(min_irs=0.3, max_fid=40, min_precision=0.6, min_vendi=4, max_copy_rate=0.05)
+
+
+def test_the_spec_adds_the_stages_the_criteria_need() -> None:
+    spec = EvaluationSpec.model_validate(gate.gate_spec(SEVERAL))
+    assert spec.stages == ("sample", "features", "irs", "distribution", "memorization")
+    assert (spec.memorization.space, spec.memorization.max_images, spec.memorization.n_steps) == ("pixels", 1, 1)
+    assert spec.irs.early_rejection
+    only_fid = EvaluationSpec.model_validate(gate.gate_spec(gate.GateOptions(min_irs=0.3, max_fid=40)))
+    assert only_fid.stages == ("sample", "features", "irs", "distribution")
+    assert [c.name for c in SEVERAL.criteria()] == ["irs_diversity", "fid", "precision", "vendi", "copy_rate"]
+
+
+def test_every_criterion_is_reported_with_value_interval_and_verdict() -> None:
+    results = {"stages": {"irs": IRS_RESULT, "distribution": DISTRIBUTION_RESULT, "memorization": MEMORIZATION_RESULT}}
+    verdict = gate.verdict_from("succeeded", results, evaluation="ev_3", options=SEVERAL)
+    assert (verdict.outcome, verdict.exit_code) == ("rejected", 1)  # FID 52.1 > 40
+    by_name = {c.name: c for c in verdict.criteria}
+    assert list(by_name) == ["irs_diversity", "fid", "precision", "vendi", "copy_rate"]
+    irs = by_name["irs_diversity"]
+    assert (irs.value, irs.interval, irs.threshold, irs.verdict) == (0.45, [0.41, 0.5], 0.3, "pass")
+    fid = by_name["fid"]
+    assert (fid.value, fid.interval, fid.threshold, fid.bound, fid.verdict) == (52.1, [48.0, 56.2], 40, "max", "fail")
+    assert (by_name["precision"].verdict, by_name["precision"].interval) == ("pass", [0.65, 0.75])
+    assert (by_name["vendi"].verdict, by_name["vendi"].interval) == ("pass", None)  # no replicates: no interval
+    copies = by_name["copy_rate"]
+    assert copies.value == pytest.approx(3 / 256) and copies.verdict == "pass" and "3 of 256" in copies.detail
+    assert (
+        verdict.reason
+        == "1 of 5 criteria failed: fid 52.1 [48, 56.2], at most 40: fail (256 generated vs 1438 training)"
+    )
+    assert "criterion fid 52.1 [48, 56.2], at most 40: fail" in gate.format_verdict(verdict)
+    relaxed_fid = dataclasses.replace(SEVERAL, max_fid=60)
+    relaxed = gate.verdict_from("succeeded", results, options=relaxed_fid)
+    assert (relaxed.outcome, relaxed.reason) == ("pass", "all 5 criteria pass")
+    failing_irs = {"stages": {**results["stages"], "irs": {**IRS_RESULT, "passed": False}}}
+    assert gate.verdict_from("succeeded", failing_irs, options=relaxed_fid).criteria[0].verdict == "fail"
+    no_distribution = {"stages": {"irs": IRS_RESULT, "memorization": MEMORIZATION_RESULT}}
+    missing = gate.verdict_from("succeeded", no_distribution, options=SEVERAL)
+    assert missing.outcome == "error" and "no distribution result" in missing.reason
+
+
+def test_the_copy_rate_interval_is_clopper_pearson() -> None:
+    none = {"spaces": {"pixels": {"extraction": {"n_flagged": 0, "n_generated": 64}}}}
+    value, interval, _ = gate.copy_rate(none)
+    assert value == 0 and interval is not None
+    assert interval[0] == 0 and interval[1] == pytest.approx(1 - 0.025 ** (1 / 64))  # exact upper bound at 0 of n
+
+
+def test_after_an_early_rejection_the_other_criteria_are_not_evaluated(tmp_path: Path) -> None:
+    evidence = {"samples_generated": 21, "distinct": 17, "target": 0.3}
+    verdict = gate.verdict_from(
+        "rejected", {"stages": {}, "rejection": evidence}, "IRS early rejection", options=SEVERAL
+    )
+    assert (verdict.outcome, verdict.exit_code, verdict.evidence) == ("rejected", 1, evidence)
+    assert [c.verdict for c in verdict.criteria] == ["fail"] + ["not evaluated"] * 4
+    assert all(c.value is None for c in verdict.criteria)
+    gate.write_junit(verdict, tmp_path / "r.xml")
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == (
+        "5",
+        "1",
+        "4",
+        "0",
+    )
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["irs_diversity", "fid", "precision", "vendi", "copy_rate"]
+    failure = cases[0].find("failure")
+    assert failure is not None and json.loads(failure.text or "") == evidence
+    assert all(c.find("skipped") is not None for c in cases[1:])
+
+
+def test_the_junit_report_has_one_case_per_criterion(tmp_path: Path) -> None:
+    results = {"stages": {"irs": IRS_RESULT, "distribution": DISTRIBUTION_RESULT, "memorization": MEMORIZATION_RESULT}}
+    gate.write_junit(gate.verdict_from("succeeded", results, options=SEVERAL), tmp_path / "r.xml")
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "1", "0")
+    failed = [c for c in suite.findall("testcase") if c.find("failure") is not None]
+    assert [c.get("name") for c in failed] == ["fid"]
+    assert json.loads(failed[0].find("failure").text or "")["value"] == 52.1  # type: ignore[union-attr]
 
 
 def test_checkpoint_folder_takes_a_folder_or_a_zip_with_one_wrapping_folder(tmp_path: Path) -> None:

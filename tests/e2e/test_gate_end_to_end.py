@@ -20,6 +20,7 @@ TARGET = "0.3"
 
 
 def gate(checkpoint: Path, tmp_path: Path, max_samples: int, *where: str) -> tuple[int, dict]:
+    """Run the gate with `where` (server options, extra criteria) and read its JSON report."""
     code = main(
         [
             "gate",
@@ -79,3 +80,49 @@ def test_the_gate_through_a_server_rejects_the_overfitted_model(
     evidence = report["evidence"]
     assert evidence["samples_generated"] <= 1024 // 4 and evidence["distinct"] <= evidence["threshold"]
     assert report["evaluation"].startswith("ev")
+
+
+def test_several_criteria_are_measured_in_one_run_and_a_failing_one_rejects(
+    tiny_demo_model: Path, tmp_path: Path
+) -> None:
+    code, report = gate(tiny_demo_model, tmp_path, 256, "--max-fid", "0", "--min-recall", "0", "--max-copy-rate", "1")
+    assert code == 1 and report["outcome"] == "rejected", report  # no FID is 0: the FID criterion fails
+    criteria = {c["name"]: c for c in report["criteria"]}
+    assert list(criteria) == ["irs_diversity", "fid", "recall", "copy_rate"]
+    assert criteria["irs_diversity"]["verdict"] == "pass" and criteria["irs_diversity"]["value"] > float(TARGET)
+    fid = criteria["fid"]
+    assert fid["verdict"] == "fail" and fid["value"] > 0 and fid["interval"][0] <= fid["value"] <= fid["interval"][1]
+    assert criteria["recall"]["verdict"] == "pass" and 0 <= criteria["recall"]["value"] <= 1
+    copies = criteria["copy_rate"]
+    assert copies["verdict"] == "pass" and copies["interval"][0] <= copies["value"] <= copies["interval"][1]
+    assert report["reason"].startswith("1 of 4 criteria failed: fid ")
+    suite = ET.parse(tmp_path / "report.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("4", "1", "0")
+    assert Path(report["evaluation"], "distribution/metrics.png").is_file()
+
+
+def test_an_early_rejection_leaves_the_other_criteria_not_evaluated(tiny_overfit_model: Path, tmp_path: Path) -> None:
+    code, report = gate(tiny_overfit_model, tmp_path, 1024, "--max-fid", "1e9", "--max-copy-rate", "1")
+    assert code == 1 and report["outcome"] == "rejected", report
+    assert report["evidence"]["samples_generated"] <= 1024 // 4, "still rejected as early as the IRS gate alone"
+    assert [c["verdict"] for c in report["criteria"]] == ["fail", "not evaluated", "not evaluated"]
+    suite = ET.parse(tmp_path / "report.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "2")
+    assert not Path(report["evaluation"], "distribution").exists()
+
+
+def test_several_criteria_through_a_server(
+    embedded_server: tuple[str, str], tiny_demo_model: Path, tmp_path: Path
+) -> None:
+    url, token = embedded_server
+    criteria = ("--max-fid", "1e9", "--min-coverage", "0", "--max-copy-rate", "1")
+    code, report = gate(tiny_demo_model, tmp_path, 256, "--server", url, "--token", token, *criteria)
+    assert code == 0 and report["outcome"] == "pass", report
+    assert [(c["name"], c["verdict"]) for c in report["criteria"]] == [
+        ("irs_diversity", "pass"),
+        ("fid", "pass"),
+        ("coverage", "pass"),
+        ("copy_rate", "pass"),
+    ]
+    assert all(c["value"] is not None and c["interval"] is not None for c in report["criteria"])
+    assert report["reason"] == "all 4 criteria pass"
