@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from diffaudit.metrics.early_rejection import RULES, BoundRule, SequentialRule, make_rule
+from diffaudit.metrics.early_rejection import RULES, BoundRule, SequentialRule, SpendingRule, make_rule
 
 N_TRAIN, TARGET, ALPHA_E, N_PLANNED = 50_000, 0.8, 0.05, 50_000
 ROWS = (50_000, 40_000, 25_000, 12_500)
@@ -74,7 +74,11 @@ def main() -> None:
     looks = {name: len(rule.schedule) for name, rule in rules.items() if isinstance(rule, SequentialRule)}
     bound = rules[BoundRule.name]
     assert isinstance(bound, BoundRule)
-    print(f"k_min = {bound.k_min}; looks = {looks}; runs per row = {args.runs}\n")
+    spending = rules[SpendingRule.name]
+    assert isinstance(spending, SpendingRule)
+    print(f"k_min = {bound.k_min}; looks = {looks}; runs per row = {args.runs}")
+    bound_at_target = spending.schedule[-1]["false_rejection"]
+    print(f"spending: exact bound on its false-rejection rate at s_d (recursion + union bound) {bound_at_target:.4f}\n")
     header = " | ".join(f"{name}: rejection rate | {name}: median samples" for name in names)
     print(f"| K | meets target | {header} |")
     print("|---|---|" + "---|---|" * len(names))
