@@ -1,4 +1,4 @@
-"""Monte-Carlo check of the early-rejection rules (issue 3).
+"""Monte-Carlo check of the early-rejection rules (issues 3 and 18).
 
 Generation is modelled as uniform draws among K training images. N_train = 50,000, IRS_d = 0.8 (s_d = 40,000),
 alpha_e = 0.05, 50,000 planned samples; K = 50,000 and 40,000 meet the target (rejections are false), K = 25,000
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from diffaudit.metrics.early_rejection import BoundRule, SequentialRule
+from diffaudit.metrics.early_rejection import RULES, BoundRule, SequentialRule, SpendingRule, make_rule
 
 N_TRAIN, TARGET, ALPHA_E, N_PLANNED = 50_000, 0.8, 0.05, 50_000
 ROWS = (50_000, 40_000, 25_000, 12_500)
@@ -32,21 +32,22 @@ def distinct_paths(rng: np.random.Generator, n_images: int, runs: int, n: int) -
     return np.cumsum(is_new.reshape(runs, n), axis=1, dtype=np.int32), draws
 
 
-def stopping_samples(paths: np.ndarray, bound: BoundRule, sequential: SequentialRule) -> list[np.ndarray]:
-    """Samples drawn when each rule rejects each run (N_PLANNED and not rejected otherwise)."""
-    drawn = np.arange(1, paths.shape[1] + 1)
-    bound_hit = N_PLANNED - (drawn - paths) <= bound.k_min
-    looks = np.array([look["samples"] for look in sequential.schedule])
-    thresholds = np.array([look["threshold"] for look in sequential.schedule])
-    seq_hit = paths[:, looks - 1] <= thresholds
-    bound_at = np.where(bound_hit.any(1), drawn[bound_hit.argmax(1)], N_PLANNED)
-    seq_at = np.where(seq_hit.any(1), looks[seq_hit.argmax(1)], N_PLANNED)
-    return [bound_hit.any(1), bound_at, seq_hit.any(1), seq_at]
+def stopping_samples(paths: np.ndarray, rule: object) -> tuple[np.ndarray, np.ndarray]:
+    """Whether the rule rejects each run, and the samples drawn when it stops (N_PLANNED if never rejected)."""
+    if isinstance(rule, SequentialRule):  # the looks of "sequential" and "spending"
+        looks = np.array([look["samples"] for look in rule.schedule])
+        hit = paths[:, looks - 1] <= np.array([look["threshold"] for look in rule.schedule])
+    else:
+        assert isinstance(rule, BoundRule)
+        looks = np.arange(1, paths.shape[1] + 1)
+        hit = N_PLANNED - (looks - paths) <= rule.k_min
+    rejected = np.asarray(hit.any(1))
+    return rejected, np.where(rejected, looks[hit.argmax(1)], N_PLANNED)
 
 
-def replay(draws: np.ndarray, rule_class: type, batch: int = 97) -> tuple[bool, int]:
+def replay(draws: np.ndarray, name: str, batch: int = 97) -> tuple[bool, int]:
     """Run one simulated generation through a rule object, batch by batch."""
-    rule = rule_class(N_TRAIN, N_PLANNED, TARGET, ALPHA_E)
+    rule = make_rule(name, N_TRAIN, N_PLANNED, TARGET, ALPHA_E)
     decision = None
     for start in range(0, draws.size, batch):
         decision = rule.update(draws[start : start + batch])
@@ -56,10 +57,10 @@ def replay(draws: np.ndarray, rule_class: type, batch: int = 97) -> tuple[bool, 
     return decision.reject, decision.samples_drawn if decision.reject else N_PLANNED
 
 
-def cell(rejected: np.ndarray, samples: np.ndarray) -> tuple[str, str]:
+def cell(rejected: np.ndarray, samples: np.ndarray) -> str:
     p = rejected.mean()
     se = np.sqrt(p * (1 - p) / rejected.size)
-    return f"{p:.3f} ± {se:.3f}", f"{int(np.median(samples)):,}"
+    return f"{p:.3f} ± {se:.3f} | {int(np.median(samples)):,}"
 
 
 def main() -> None:
@@ -68,27 +69,33 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    bound = BoundRule(N_TRAIN, N_PLANNED, TARGET, ALPHA_E)
-    sequential = SequentialRule(N_TRAIN, N_PLANNED, TARGET, ALPHA_E)
-    print(f"k_min = {bound.k_min}; sequential looks = {len(sequential.schedule)}; runs per row = {args.runs}\n")
-    print("| K | meets target | bound: rejection rate | bound: median samples | sequential: rejection rate |"
-          " sequential: median samples |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    names = list(RULES)
+    rules = {name: RULES[name](N_TRAIN, N_PLANNED, TARGET, ALPHA_E) for name in names}
+    looks = {name: len(rule.schedule) for name, rule in rules.items() if isinstance(rule, SequentialRule)}
+    bound = rules[BoundRule.name]
+    assert isinstance(bound, BoundRule)
+    spending = rules[SpendingRule.name]
+    assert isinstance(spending, SpendingRule)
+    print(f"k_min = {bound.k_min}; looks = {looks}; runs per row = {args.runs}")
+    bound_at_target = spending.schedule[-1]["false_rejection"]
+    print(f"spending: exact bound on its false-rejection rate at s_d (recursion + union bound) {bound_at_target:.4f}\n")
+    header = " | ".join(f"{name}: rejection rate | {name}: median samples" for name in names)
+    print(f"| K | meets target | {header} |")
+    print("|---|---|" + "---|---|" * len(names))
     began = time.perf_counter()
     for n_images in ROWS:
-        outcome: list[list[np.ndarray]] = [[], [], [], []]
+        outcome: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in names}
         for start in range(0, args.runs, CHUNK):
             paths, draws = distinct_paths(rng, n_images, min(CHUNK, args.runs - start), N_PLANNED)
-            results = stopping_samples(paths, bound, sequential)
-            for store, values in zip(outcome, results, strict=True):
-                store.append(values)
-            if start == 0:  # the rule objects must agree with the vectorised simulation
-                for run in range(3):
-                    assert replay(draws[run], BoundRule) == (bool(results[0][run]), int(results[1][run]))
-                    assert replay(draws[run], SequentialRule) == (bool(results[2][run]), int(results[3][run]))
-        b_rej, b_at, s_rej, s_at = (np.concatenate(v) for v in outcome)
+            for name, rule in rules.items():
+                rejected, at = stopping_samples(paths, rule)
+                outcome[name].append((rejected, at))
+                if start == 0:  # the rule objects must agree with the vectorised simulation
+                    for run in range(3):
+                        assert replay(draws[run], name) == (bool(rejected[run]), int(at[run]))
+        cells = [cell(*(np.concatenate(v) for v in zip(*outcome[name], strict=True))) for name in names]
         meets = "yes (false rejections)" if n_images >= TARGET * N_TRAIN else "no (true rejections)"
-        print(f"| {n_images:,} | {meets} | {' | '.join(cell(b_rej, b_at))} | {' | '.join(cell(s_rej, s_at))} |")
+        print(f"| {n_images:,} | {meets} | {' | '.join(cells)} |")
     print(f"\n{time.perf_counter() - began:.0f} s")
 
 

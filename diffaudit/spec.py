@@ -260,10 +260,11 @@ class IRSSpec(_StageSpec):
     metric: Literal["euclidean", "cosine"] = Field("euclidean", description="nearest-neighbour distance (Sec. 10)")
     alpha_e: float = Field(0.05, gt=0, lt=0.5, description="error rate: false rejection of a model at the target")
     early_rejection: bool = Field(True, description="retrieve each batch while sampling and stop once rejected")
-    rule: Literal["sequential", "bound"] = Field(
-        "sequential",
-        description="sequential: group-sequential test over fixed looks (rejects early); bound: Eq. 9 with the "
-        "duplicates bound (never raises the error rate, rejects late)",
+    rule: Literal["spending", "sequential", "bound"] = Field(
+        "spending",
+        description="spending: alpha spent exactly over a look at every early sample (rejects earliest); sequential: "
+        "group-sequential test over fixed looks; bound: Eq. 9 with the duplicates bound (never raises the error "
+        "rate, rejects late)",
     )
     heldout_fraction: float = Field(
         0.2, gt=0, lt=1, description="datasets without a held-out split: share of items held out (seeded) for IRS_inf,a"

@@ -1,6 +1,6 @@
 """Early rejection of low-diversity checkpoints while sampling (supplement Sec. 7, Eq. 9, Sec. 11).
 
-Each batch of generated samples arrives as the nearest training index of each sample, in generation order. Two
+Each batch of generated samples arrives as the nearest training index of each sample, in generation order. Three
 rules, each a small object with `update(nn_indices) -> Decision`:
 
 - BoundRule, "bound": the paper's deterministic bound. Duplicates never disappear, so after d duplicates the final
@@ -9,17 +9,29 @@ rules, each a small object with `update(nn_indices) -> Decision`:
 - SequentialRule, "sequential": a group-sequential test over the fixed looks of irs.sequential_schedule, each a
   one-sided occupancy test of the distinct count so far under s_d = ceil(IRS_d * N_train), levels summing to alpha_e
   (weighted Bonferroni), so the false-rejection rate stays <= alpha_e whenever the true s >= s_d.
+- SpendingRule, "spending" (the default): the same kind of test with a look at every sample from n_0 = ceil(sqrt(s_d))
+  to 5.5 n_0, where bad models are rejected, and one at the end. The early thresholds spend alpha_e * 0.96 * t^0.7
+  (t = (n - n_0) / (4.5 n_0)) of false-rejection probability, computed exactly by the forward recursion of the distinct
+  count under s_d with rejected paths removed (an alpha-spending design, Lan and DeMets 1983); the final look gets
+  the rest of alpha_e (union bound). The false-rejection rate at s_d is therefore <= alpha_e, and below it for every
+  s > s_d (K_n is stochastically increasing in s, path by path).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from diffaudit.metrics.irs import k_min, sequential_schedule, target_distinct
-from diffaudit.metrics.occupancy import occupancy_cdf
+from diffaudit.metrics.occupancy import lower_critical_value, occupancy_cdf
+
+SPENDING_LAST_LOOK = 5.5  # early looks at every sample from n_0 = ceil(sqrt(s_d)) to floor(5.5 n_0)
+SPENDING_SHARE = 0.96  # of alpha_e spent by the early looks; the rest at the final look
+SPENDING_POWER = 0.7  # spending function alpha_e * SPENDING_SHARE * t^SPENDING_POWER
+NEGLIGIBLE = 1e-20  # probabilities the recursion drops; counted as rejections, so the bound stays valid
 
 
 @dataclass(frozen=True)
@@ -124,9 +136,13 @@ class SequentialRule(_Rule):
 
     def __init__(self, n_train: int, n_planned: int, target: float, alpha_e: float = 0.05) -> None:
         super().__init__(n_train, n_planned, target, alpha_e)
-        self.schedule = sequential_schedule(n_train, n_planned, target, alpha_e)
+        self.schedule = self.looks()
         self.next_look = 0
         self.last_tested: Decision | None = None
+
+    def looks(self) -> list[dict[str, Any]]:
+        """The looks in order: samples, alpha (threshold = largest k with P(K_n <= k | s_d) < alpha), threshold."""
+        return sequential_schedule(self.n_train, self.n_planned, self.target, self.alpha_e)
 
     def _decide(self, start: int, distinct: np.ndarray) -> Decision:
         look, k = None, self.counter.distinct
@@ -165,12 +181,81 @@ class SequentialRule(_Rule):
         )
 
 
-RULES: dict[str, type[_Rule]] = {BoundRule.name: BoundRule, SequentialRule.name: SequentialRule}
-DEFAULT_RULE = SequentialRule.name
+class SpendingRule(SequentialRule):
+    """Reject at the first look n_j with distinct count <= threshold_j (spending_schedule)."""
+
+    name = "spending"
+
+    def looks(self) -> list[dict[str, Any]]:
+        return spending_schedule(self.n_train, self.n_planned, self.target, self.alpha_e)
+
+
+def spending_schedule(n_train: int, n_sample: int, target: float, alpha_e: float = 0.05) -> list[dict[str, Any]]:
+    """Looks of the spending rule: samples, alpha, threshold, and false_rejection, a bound on P(rejected by then | s_d).
+
+    Early looks at n = n_0 + 1 .. min(n_1, N_sample - 1), n_0 = ceil(sqrt(s_d)), n_1 = floor(5.5 n_0), those with a
+    threshold >= 1 kept: threshold_n is the largest k with P(rejected by look n | s_d) <= alpha_e * SPENDING_SHARE *
+    t^SPENDING_POWER, t = (n - n_0) / (n_1 - n_0), exact from the distinct-count recursion (Lan-DeMets alpha
+    spending, each sample a look); alpha_n = P(K_n <= threshold_n + 1 | s_d), the largest pointwise level with that
+    threshold. The final look at N_sample: the remaining level alpha_e - (spent early), threshold as in Eq. 9 at that
+    level (union bound).
+    """
+    s_d = target_distinct(n_train, target)
+    first = math.ceil(math.sqrt(s_d))
+    end = math.floor(SPENDING_LAST_LOOK * first)
+    last = min(end, n_sample - 1)
+    looks: list[dict[str, Any]] = []
+    spent, lo = 0.0, 1
+    dist = np.ones((2, 1))  # P(K_n = lo + i) after n = 1 sample: row 0 all paths, row 1 paths not yet rejected
+    for n in range(2, last + 1):
+        dist = _next_distinct(lo, dist, s_d)
+        lo, dist, dropped = _drop_negligible(lo, dist)
+        spent += dropped
+        if n <= first:
+            continue
+        budget = alpha_e * SPENDING_SHARE * ((n - first) / (end - first)) ** SPENDING_POWER
+        alive = np.cumsum(dist[1])
+        below = int(np.searchsorted(alive, budget - spent, side="right"))  # states k < lo + below reject
+        if below == 0:
+            continue
+        spent += float(alive[below - 1])
+        dist[1, :below] = 0.0
+        level = float(dist[0, : below + 1].sum())
+        looks.append({"samples": n, "alpha": level, "threshold": lo + below - 1, "false_rejection": spent})
+    final_alpha = alpha_e - spent
+    threshold = lower_critical_value(n_sample, s_d, final_alpha)
+    final_spent = spent + (occupancy_cdf(threshold, n_sample, s_d) if threshold >= 1 else 0.0)
+    looks.append({"samples": n_sample, "alpha": final_alpha, "threshold": threshold, "false_rejection": final_spent})
+    return looks
+
+
+def _next_distinct(lo: int, dist: np.ndarray, s: int) -> np.ndarray:
+    """The distribution of K after one more uniform draw among s images: K stays with probability K / s, else + 1."""
+    k = lo + np.arange(dist.shape[1])
+    out = np.zeros((dist.shape[0], dist.shape[1] + 1))
+    out[:, :-1] += dist * (k / s)
+    out[:, 1:] += dist * ((s - k) / s)
+    return out
+
+
+def _drop_negligible(lo: int, dist: np.ndarray) -> tuple[int, np.ndarray, float]:
+    """Trim the ends where every probability is below NEGLIGIBLE; the dropped not-yet-rejected mass."""
+    keep = np.flatnonzero(dist[0] >= NEGLIGIBLE)
+    first, last = int(keep[0]), int(keep[-1])
+    dropped = float(dist[1, :first].sum() + dist[1, last + 1 :].sum())
+    return lo + first, dist[:, first : last + 1], dropped
+
+
+RULES: dict[str, type[_Rule]] = {
+    SpendingRule.name: SpendingRule,
+    SequentialRule.name: SequentialRule,
+    BoundRule.name: BoundRule,
+}
+DEFAULT_RULE = SpendingRule.name
 
 
 def make_rule(name: str, n_train: int, n_planned: int, target: float, alpha_e: float = 0.05) -> _Rule:
-    """The early-rejection rule called `name` ("sequential", the default, or "bound")."""
+    """The early-rejection rule called `name` ("spending", the default, "sequential" or "bound")."""
     if name not in RULES:
         raise ValueError(f"unknown rule {name!r}; choose from {sorted(RULES)}")
     return RULES[name](n_train, n_planned, target, alpha_e)

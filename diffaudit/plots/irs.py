@@ -15,8 +15,9 @@ CURVE_POINTS = 200
 
 
 def rejection_boundary(rule: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct counts at or below which the rule rejects: per look (sequential), or from the duplicates bound."""
-    if rule.name == "sequential":
+    """Distinct counts at or below which the rule rejects: per look (spending, sequential), or from the duplicates
+    bound."""
+    if hasattr(rule, "schedule"):
         looks = rule.schedule
         return np.array([look["samples"] for look in looks]), np.array([look["threshold"] for look in looks])
     slack = rule.n_planned - rule.k_min  # duplicates that make n_planned - duplicates <= k_min
@@ -37,7 +38,7 @@ def distinct_curve_png(trajectory: np.ndarray, rule: Any, stop: Decision | None)
         grid, [occupancy_mean(int(n), s_d) for n in grid], "--", color="C2", label=f"expected at IRS_d = {rule.target}"
     )
     boundary_x, boundary_y = rejection_boundary(rule)
-    steps = rule.name == "sequential"  # thresholds hold from one look to the next
+    steps = hasattr(rule, "schedule")  # thresholds hold from one look to the next
     label = f"rejection boundary ({rule.name})"
     axis.plot(boundary_x, boundary_y, color="C3", label=label, drawstyle="steps-post" if steps else "default")
     axis.fill_between(boundary_x, 1, boundary_y, color="C3", alpha=0.1, step="post" if steps else None)

@@ -7,9 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from diffaudit.metrics.early_rejection import BoundRule, SequentialRule, make_rule
+from diffaudit.metrics.early_rejection import (
+    DEFAULT_RULE,
+    BoundRule,
+    SequentialRule,
+    SpendingRule,
+    make_rule,
+    spending_schedule,
+)
 from diffaudit.metrics.irs import k_min
-from diffaudit.metrics.occupancy import occupancy_cdf
+from diffaudit.metrics.occupancy import lower_critical_value, occupancy_cdf
+from diffaudit.spec import IRSSpec
 
 
 def _stream_with_duplicates(n: int, duplicates: int) -> np.ndarray:
@@ -64,7 +72,7 @@ def test_sequential_rule_passes_an_all_distinct_stream_and_reports_the_last_look
         rule.update(np.arange(1))
 
 
-@pytest.mark.parametrize("rule_name", ["bound", "sequential"])
+@pytest.mark.parametrize("rule_name", ["bound", "sequential", "spending"])
 def test_decision_does_not_depend_on_batch_sizes(rule_name):
     draws = np.random.default_rng(3).integers(0, 300, 1000)  # 300 images against a target of 800: rejected
     outcomes = []
@@ -93,3 +101,97 @@ def test_indices_outside_the_training_set_are_refused():
 def test_unknown_rule():
     with pytest.raises(ValueError, match="unknown rule"):
         make_rule("magic", 10, 10, 0.8)
+
+
+def _rejected_by_schedule(rng: np.random.Generator, images: int, runs: int, looks: list[dict]) -> np.ndarray:
+    """Whether each of `runs` generations, uniform among `images`, meets a look's threshold (vectorised)."""
+    n = looks[-1]["samples"]
+    draws = rng.integers(0, images, size=(runs, n)) + images * np.arange(runs)[:, None]
+    is_new = np.zeros(draws.size, dtype=bool)
+    is_new[np.unique(draws.ravel(), return_index=True)[1]] = True
+    distinct = np.cumsum(is_new.reshape(runs, n), axis=1)
+    samples = np.array([look["samples"] for look in looks])
+    return (distinct[:, samples - 1] <= np.array([look["threshold"] for look in looks])).any(axis=1)
+
+
+def test_spending_is_the_default_rule():
+    assert DEFAULT_RULE == "spending" == IRSSpec().rule
+    assert isinstance(make_rule(DEFAULT_RULE, 1000, 1000, 0.8), SpendingRule)
+
+
+def test_spending_schedule_is_deterministic_and_spends_at_most_alpha_e():
+    looks = spending_schedule(50_000, 50_000, 0.8, 0.05)
+    assert looks == spending_schedule(50_000, 50_000, 0.8, 0.05)
+    early, final = looks[:-1], looks[-1]
+    samples = [look["samples"] for look in looks]
+    assert samples == sorted(set(samples)) and final["samples"] == 50_000
+    assert early[0]["samples"] > 200 and early[-1]["samples"] <= 1100  # from sqrt(s_d) to 5.5 sqrt(s_d)
+    spent = [look["false_rejection"] for look in looks]
+    assert spent == sorted(spent) and 0.045 < early[-1]["false_rejection"] <= 0.05 * 0.96 + 1e-12
+    assert spent[-1] <= 0.05
+    # the final look is Eq. 9 at the level left over; slightly stricter than k_min
+    assert final["alpha"] == pytest.approx(0.05 - early[-1]["false_rejection"])
+    assert final["threshold"] == lower_critical_value(50_000, 40_000, final["alpha"]) <= k_min(50_000, 50_000, 0.8)
+
+
+def test_spending_look_levels_are_the_occupancy_distribution():
+    """Each early look's alpha, from the forward recursion, is P(K_n <= threshold + 1 | n, s_d) of the occupancy law."""
+    looks = spending_schedule(1000, 1000, 0.8, 0.05)[:-1]
+    for look in looks[:: max(1, len(looks) // 10)]:
+        n, threshold = look["samples"], look["threshold"]
+        assert look["alpha"] == pytest.approx(occupancy_cdf(threshold + 1, n, 800), rel=1e-9)
+        assert occupancy_cdf(threshold, n, 800) < look["alpha"]
+
+
+def test_spending_false_rejection_rate_at_the_target_is_held_and_matches_the_recursion():
+    looks = spending_schedule(1000, 1000, 0.8, 0.05)
+    runs = 4000
+    rejected = _rejected_by_schedule(np.random.default_rng(11), 800, runs, looks)
+    se = np.sqrt(0.05 * 0.95 / runs)
+    assert rejected.mean() <= 0.05 + 3 * se
+    early = looks[:-1]
+    early_rejected = _rejected_by_schedule(np.random.default_rng(12), 800, runs, early)
+    assert early_rejected.mean() == pytest.approx(early[-1]["false_rejection"], abs=4 * se)
+    # a model above the target is rejected less often (K_n grows with s)
+    assert _rejected_by_schedule(np.random.default_rng(13), 1000, runs, looks).mean() < rejected.mean()
+
+
+def test_spending_rule_held_through_the_rule_object():
+    rng = np.random.default_rng(5)
+    runs, rejected = 300, 0
+    for _ in range(runs):
+        rule = SpendingRule(1000, 1000, 0.8, 0.05)
+        rejected += rule.update(rng.integers(0, 800, 1000)).reject
+    assert rejected / runs <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / runs)
+
+
+def test_spending_rule_rejects_a_collapsed_model_at_its_first_look():
+    rule = SpendingRule(50_000, 50_000, 0.8, 0.05)
+    first = rule.schedule[0]
+    decision = rule.update(np.zeros(1000, dtype=np.int64))
+    assert decision.reject and decision.rule == "spending"
+    assert (decision.samples_drawn, decision.distinct) == (first["samples"], 1) and first["samples"] == 201
+    assert decision.threshold == first["threshold"] and decision.alpha == first["alpha"]
+    assert decision.probability is not None and decision.probability < decision.alpha
+    json.dumps(decision.to_dict())
+
+
+def test_spending_rule_rejects_a_model_at_a_quarter_of_the_target_within_a_few_hundred_samples():
+    # 10,000 images against s_d = 40,000: the sequential rule's looks and the bound need far more samples
+    draws = np.random.default_rng(2).integers(0, 10_000, 50_000)
+    stops = {}
+    for name in ("spending", "sequential", "bound"):
+        rule = make_rule(name, 50_000, 50_000, 0.8, 0.05)
+        for start in range(0, draws.size, 500):
+            decision = rule.update(draws[start : start + 500])
+            if decision.reject:
+                break
+        assert decision.reject
+        stops[name] = decision.samples_drawn
+    assert stops["spending"] <= 400 and stops["spending"] < stops["sequential"] < stops["bound"]
+
+
+def test_spending_rule_with_fewer_samples_than_the_first_look_tests_once_at_alpha_e():
+    looks = spending_schedule(1438, 16, 0.5, 0.05)
+    assert len(looks) == 1 and looks[0]["samples"] == 16 and looks[0]["alpha"] == 0.05
+    assert looks[0]["threshold"] == k_min(1438, 16, 0.5, 0.05)

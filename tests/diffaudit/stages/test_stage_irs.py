@@ -135,7 +135,7 @@ def monitored(evaluated, tmp_path: Path, tiny_demo_model: Path) -> StageContext:
         stages=("irs",),
         sample={"n": 256, "steps": 10, "batch_size": 32},
         features={"extractor": "pixels"},
-        irs={"target": 0.8},
+        irs={"target": 0.8, "rule": "sequential"},
     )
     return StageContext(
         spec=spec,
