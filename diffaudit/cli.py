@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--extractor", default="random-cnn")
     p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
-    p.add_argument("--rule", choices=["sequential", "bound"], default="sequential")
+    p.add_argument("--rule", choices=["spending", "sequential", "bound"], default="spending")
     p.add_argument("--max-fid", type=float, help="FID of the distribution stage at most this")
     p.add_argument("--max-kid", type=float, help="KID (mean over subsets) at most this")
     for name in ("precision", "recall", "density", "coverage", "vendi"):

@@ -74,7 +74,7 @@ class GateOptions:
     batch_size: int = 64
     extractor: str = "random-cnn"
     metric: str = "euclidean"
-    rule: str = "sequential"
+    rule: str = "spending"
     seed: int = 0
     max_fid: float | None = None
     max_kid: float | None = None

@@ -30,7 +30,6 @@ from diffaudit.stages.base import Queue, StageContext
 from diffaudit.stages.early_rejection import (
     CURVE_KEY,
     EARLY_KEY,
-    IRSSplit,
     distinct_trajectory,
     irs_split,
     verdict_rule_name,
@@ -113,7 +112,7 @@ class IRSStage:
             "heldout": split.describe(ctx.spec),
             **quantities,
         }
-        labels = self.labels(ctx, split)
+        labels = artifacts.class_labels(ctx, split.train)
         if labels is not None:
             summary["per_class"] = irs_per_class(train, generated, *labels, spec.metric, spec.alpha_e)
         if ctx.dataset.info.kind == "images":
@@ -125,11 +124,3 @@ class IRSStage:
             summary["early_rejection"] = load_json(ctx.job, EARLY_KEY)
         ctx.report(2, 2)
         return summary
-
-    @staticmethod
-    def labels(ctx: StageContext, split: IRSSplit) -> tuple[np.ndarray, np.ndarray] | None:
-        """(training labels, generated labels) when the dataset is labelled and the model class-conditional."""
-        generated = artifacts.sample_labels(ctx)
-        if ctx.dataset.labels is None or generated is None:
-            return None
-        return np.asarray(ctx.dataset.labels)[split.train], np.asarray(generated)

@@ -54,7 +54,7 @@ def test_the_overfitted_model_is_rejected_after_a_small_fraction_of_its_samples(
     code, report = gate(tiny_overfit_model, tmp_path, max_samples=1024)
     assert code == 1 and report["outcome"] == "rejected", report
     evidence = report["evidence"]
-    assert evidence["rule"] == "sequential" and evidence["target"] == 0.3
+    assert evidence["rule"] == "spending" and evidence["target"] == 0.3
     assert evidence["samples_generated"] <= 1024 // 4, "rejected within the first quarter of the planned samples"
     assert evidence["distinct"] <= evidence["threshold"] and evidence["probability"] < evidence["alpha"]
     suite = ET.parse(tmp_path / "report.xml").getroot()
