@@ -115,7 +115,8 @@ def test_the_page_needs_no_network(job: ScopedStore) -> None:
     parser = Page(page)
     assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert all(url.startswith(("#", "data:")) for url in parser.urls), parser.urls
-    assert "<script" not in page and "<link" not in page
+    assert "<script" not in page and "<style>" in page  # no script; styles inline
+    assert re.findall(r"<link [^>]*>", page) == ['<link rel="icon" href="data:,">']  # no favicon request
     assert "default-src 'none'" in page
 
 
