@@ -229,7 +229,10 @@ def flatten(value: Mapping[str, Any], prefix: str = "") -> tuple[list[Row], list
     tables: list[tuple[str, list[Any]]] = []
     for key, item in value.items():
         name = f"{prefix}{key}"
-        if isinstance(item, Mapping) and item:
+        keyed = keyed_rows(item)
+        if keyed is not None:
+            tables.append((name, keyed))
+        elif isinstance(item, Mapping) and item:
             inner_scalars, inner_tables = flatten(item, f"{name}.")
             scalars.extend(inner_scalars)
             tables.extend(inner_tables)
@@ -238,6 +241,38 @@ def flatten(value: Mapping[str, Any], prefix: str = "") -> tuple[list[Row], list
         else:
             scalars.append((name, cell(item)))
     return scalars, tables
+
+
+def keyed_rows(value: Any) -> list[dict[str, Any]] | None:
+    """A mapping of two or more mappings holding no lists of rows (per class, per space) as rows: a first column
+    with each key, then each mapping's entries under dotted keys; None for anything else."""
+    if not isinstance(value, Mapping) or len(value) < 2:
+        return None
+    if not all(isinstance(item, Mapping) and item for item in value.values()):
+        return None
+    rows = []
+    for key, item in value.items():
+        entries = _scalar_entries(item)
+        if entries is None:
+            return None
+        rows.append({"": key, **entries})
+    return rows
+
+
+def _scalar_entries(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any] | None:
+    """The entries of a nested mapping under dotted keys; None if it holds a list of rows."""
+    entries: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, Mapping) and item:
+            inner = _scalar_entries(item, f"{prefix}{key}.")
+            if inner is None:
+                return None
+            entries.update(inner)
+        elif _is_rows(item):
+            return None
+        else:
+            entries[f"{prefix}{key}"] = item
+    return entries
 
 
 def pairs_table(rows: Sequence[Row]) -> str:

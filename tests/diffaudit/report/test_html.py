@@ -42,6 +42,7 @@ RESULTS: dict[str, Any] = {
             "passed": True,
             "synthetic": {"irs_inf": 0.21835883171070933, "s_hat": 314},
             "per_class": [{"class": 0, "ratio": 1.25}, {"class": 1, "ratio": 0.5, "status": "under"}],
+            "per_space": {"pixels": {"n": 1, "q": {"0.5": 2.0}}, "features": {"n": 3, "q": {"0.5": 4.0}}},
             "seconds": 1.25,
         },
         "memorization": {"spaces": {"pixels": {"extraction": {"n_flagged": 3, "threshold": None}}}, "seconds": 4.0},
@@ -128,6 +129,8 @@ def test_numbers_of_any_shape_are_tables(job: ScopedStore) -> None:
     assert '<h4 class="table-name">per_class</h4>' in irs  # a list of rows is a table with a column per key
     assert "<th>class</th><th>ratio</th><th>status</th>" in irs
     assert "<td>under</td>" in irs
+    assert '<h4 class="table-name">per_space</h4>' in irs  # a mapping of mappings is a table, a row per key
+    assert "<th></th><th>n</th><th>q.0.5</th>" in irs and "<td>features</td><td>3</td><td>4</td>" in irs
     assert "spaces.pixels.extraction.n_flagged</th><td>3</td>" in page
     assert "<th>seconds</th>" not in irs  # seconds are in the timings
 
