@@ -276,7 +276,7 @@ def _scalar_entries(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 
 
 def pairs_table(rows: Sequence[Row]) -> str:
-    body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows[:MAX_ROWS])
+    body = "".join(f"<tr><th>{_key_html(k)}</th><td>{v}</td></tr>" for k, v in rows[:MAX_ROWS])
     return _scroll(f'<table class="pairs">{body}</table>{_more(len(rows), "entries")}')
 
 
@@ -285,7 +285,7 @@ def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
+    head = "".join(f"<th>{_key_html(str(c))}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows[:MAX_ROWS]
     )
@@ -309,6 +309,11 @@ def cell(value: Any) -> str:
         rest = f" … ({len(value)} values)" if len(value) > MAX_LIST_ITEMS else ""
         return f"[{shown}{rest}]" if value else "[]"
     return f"<code>{escape(json.dumps(value, sort_keys=True, default=str))}</code>"
+
+
+def _key_html(name: str) -> str:
+    """A (dotted) key that may wrap after its dots and underscores, not inside its words."""
+    return escape(name).replace(".", ".<wbr>").replace("_", "_<wbr>")
 
 
 def _is_rows(value: Any) -> bool:
@@ -348,8 +353,9 @@ section{margin-bottom:28px}
 .error{overflow-wrap:anywhere}.headline{font-weight:600}.note,.none{color:#666}
 .scroll{max-width:100%;overflow-x:auto;margin:6px 0}
 table{border-collapse:collapse;font-size:.9em}
-th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-table.pairs th{font-weight:500;font-family:ui-monospace,monospace;background:#f7f7f7}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+table.pairs th,table.pairs td{overflow-wrap:break-word;word-break:break-word}
+table.pairs th{min-width:9em;font-weight:500;font-family:ui-monospace,monospace;background:#f7f7f7}
 thead th{background:#f2f2f2}
 code,pre{font-family:ui-monospace,monospace;font-size:.85em;overflow-wrap:anywhere;word-break:break-word}
 pre{white-space:pre-wrap;background:#f7f7f7;padding:8px}

@@ -70,6 +70,11 @@ class Page(HTMLParser):
         self.urls.extend(str(values[a]) for a in ("href", "src") if a in values)
 
 
+def render(facts: JobFacts, results: Any, job: ScopedStore) -> str:
+    """The page without the line-break hints of its keys (`<wbr>` after dots and underscores)."""
+    return render_report(facts, results, job).replace("<wbr>", "")
+
+
 @pytest.fixture()
 def job(tmp_path: Path) -> ScopedStore:
     job = ScopedStore(LocalStore(tmp_path), "evaluations/ev_1")
@@ -81,7 +86,7 @@ def job(tmp_path: Path) -> ScopedStore:
 
 def test_verdict_first_then_a_section_per_stage_then_facts_and_timings(job: ScopedStore) -> None:
     facts = JobFacts("ev_1", "succeeded", checkpoint={"name": "demo"}, dataset={"name": "digits", "count": 1797})
-    page = render_report(facts, RESULTS, job)
+    page = render(facts, RESULTS, job)
     assert Page(page).sections == [
         "verdict",
         "s-sample",
@@ -102,7 +107,7 @@ def test_verdict_first_then_a_section_per_stage_then_facts_and_timings(job: Scop
 
 
 def test_every_figure_is_embedded_in_its_stage_section(job: ScopedStore) -> None:
-    page = render_report(JobFacts("ev_1", "succeeded"), RESULTS, job)
+    page = render(JobFacts("ev_1", "succeeded"), RESULTS, job)
     embedded = [base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in Page(page).images]
     assert sorted(embedded) == sorted(FIGURES.values())
     sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, flags=re.S))
@@ -112,7 +117,7 @@ def test_every_figure_is_embedded_in_its_stage_section(job: ScopedStore) -> None
 
 
 def test_the_page_needs_no_network(job: ScopedStore) -> None:
-    page = render_report(JobFacts("ev_1", "succeeded"), RESULTS, job)
+    page = render(JobFacts("ev_1", "succeeded"), RESULTS, job)
     parser = Page(page)
     assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert all(url.startswith(("#", "data:")) for url in parser.urls), parser.urls
@@ -122,7 +127,7 @@ def test_the_page_needs_no_network(job: ScopedStore) -> None:
 
 
 def test_numbers_of_any_shape_are_tables(job: ScopedStore) -> None:
-    page = render_report(JobFacts("ev_1", "succeeded"), RESULTS, job)
+    page = render(JobFacts("ev_1", "succeeded"), RESULTS, job)
     irs = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, flags=re.S))["s-irs"]
     assert "<th>synthetic.irs_inf</th><td>0.2184</td>" in irs  # nested mappings under dotted keys, 4 digits
     assert "<th>passed</th><td>yes</td>" in irs
@@ -140,7 +145,7 @@ def test_long_lists_and_tables_are_shortened(job: ScopedStore) -> None:
         "spec": {"stages": ["big"]},
         "stages": {"big": {"rows": [{"i": i} for i in range(MAX_ROWS + 50)], "values": list(range(100))}},
     }
-    page = render_report(JobFacts("ev_1", "succeeded"), results, job)
+    page = render(JobFacts("ev_1", "succeeded"), results, job)
     assert f"{MAX_ROWS} of {MAX_ROWS + 50} rows shown" in page
     assert f"<td>{MAX_ROWS - 1}</td>" in page and f"<td>{MAX_ROWS}</td>" not in page
     assert f"{MAX_LIST_ITEMS - 1} … (100 values)]" in page
@@ -153,7 +158,7 @@ def test_a_rejection_shows_its_reason_and_evidence_and_the_figures_drawn_before(
         "rejection": {"samples_drawn": 96, "distinct": 61, "after_rejection": {"memorization": {"n_copied": 7}}},
     }
     facts = JobFacts("ev_1", "rejected", error="early IRS rejection after 96 samples", stages=[{"name": "sample"}])
-    page = render_report(facts, results, job)
+    page = render(facts, results, job)
     verdict = page[: page.index('<section id="s-sample"')]
     assert "Rejected" in verdict and "early IRS rejection after 96 samples" in verdict
     assert "<th>samples_drawn</th><td>96</td>" in verdict
@@ -172,7 +177,7 @@ def test_a_failed_job_shows_its_error_escaped_and_its_spec(tmp_path: Path) -> No
         stages=[{"name": "sample", "status": "failed", "seconds": None}],
         times={"created_at": "2026-01-01T12:00:00+00:00"},
     )
-    page = render_report(facts, None, job)
+    page = render(facts, None, job)
     assert "Failed" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; lower batch_size" in page and "<script>" not in page
     assert "<th>sample.n</th><td>8</td>" in page  # the spec from the facts when there are no results
@@ -181,7 +186,7 @@ def test_a_failed_job_shows_its_error_escaped_and_its_spec(tmp_path: Path) -> No
 
 
 def test_timings_take_the_summary_seconds_and_sum_them(job: ScopedStore) -> None:
-    page = render_report(JobFacts("ev_1", "succeeded"), RESULTS, job)
+    page = render(JobFacts("ev_1", "succeeded"), RESULTS, job)
     timings = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, flags=re.S))["timings"]
     assert "<td>irs</td><td>done</td><td>1.25</td>" in timings
     assert "<td>all stages</td><td></td><td>8.25</td>" in timings
@@ -190,6 +195,6 @@ def test_timings_take_the_summary_seconds_and_sum_them(job: ScopedStore) -> None
 def test_store_report_writes_the_page_into_the_job_folder(job: ScopedStore) -> None:
     page = store_report(JobFacts("ev_1", "succeeded"), RESULTS, job)
     assert job.get_bytes(REPORT_KEY).decode() == page
-    again = render_report(JobFacts("ev_1", "succeeded"), RESULTS, job)
+    again = render(JobFacts("ev_1", "succeeded"), RESULTS, job)
     assert "report.html" not in again  # the report is not one of the job's files it lists
     assert "memorization/pixels/nn_generated.npy" in again
