@@ -161,12 +161,13 @@ REPORT_HEADERS = {
         "and dataset facts, timings. Authorised by the bearer header, or by `token` from "
         "POST /v1/evaluations/{id}/share (a link a browser can open)."
     ),
-    response_class=HTMLResponse,
+    response_class=Response,  # no media type of its own: the errors are documented as JSON, the page as HTML
     responses={
         **NOT_FOUND_RESPONSE,
-        200: {"content": {"text/html": {}}},
+        200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "the report page"},
         403: {"model": ErrorResponse, "description": "the share token is expired or not for this report"},
         409: {"model": ErrorResponse, "description": "the job has not finished"},
+        503: {"model": ErrorResponse, "description": "share tokens cannot be checked: no DIFFAUDIT_SHARE_SECRET"},
     },
 )
 def get_report(
@@ -197,8 +198,13 @@ def get_report(
     },
 )
 def share_evaluation(
-    evaluation_id: ResourceId, body: ShareCreate, project: CurrentProject, session: SessionDep, settings: SettingsDep
+    evaluation_id: ResourceId,
+    project: CurrentProject,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: ShareCreate | None = None,
 ) -> ShareOut:
-    token, expires = service.share_report(session, project, settings, evaluation_id, body.expires_in)
+    expires_in = (body or ShareCreate()).expires_in
+    token, expires = service.share_report(session, project, settings, evaluation_id, expires_in)
     url = f"/v1/evaluations/{evaluation_id}/report?token={token}"
     return ShareOut(url=url, token=token, expires_at=datetime.fromtimestamp(expires, UTC))

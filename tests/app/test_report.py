@@ -111,6 +111,8 @@ def test_reports_need_the_project_and_a_finished_job(
 
 def test_a_share_link_opens_that_report_without_a_bearer(client: TestClient, auth: dict[str, str], job_id: str) -> None:
     link = share(client, auth, job_id)
+    default = client.post(f"/v1/evaluations/{job_id}/share", headers=auth).json()  # no body: 7 days
+    assert abs(datetime.fromisoformat(default["expires_at"]).timestamp() - (time.time() + 7 * 24 * 3600)) < 5
     assert link["url"] == f"/v1/evaluations/{job_id}/report?token={link['token']}"
     opened = client.get(link["url"])
     assert opened.status_code == 200
