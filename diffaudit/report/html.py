@@ -14,7 +14,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
-from pathlib import PurePosixPath
 from typing import Any
 
 from diffaudit.store import ArtifactStore
@@ -333,8 +332,8 @@ def _scroll(table: str) -> str:
 
 
 def _anchor(name: str) -> str:
-    text = PurePosixPath(name).as_posix() if name else "other"
-    return "s-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+    """An element id for a section or figure name ('' is the section of the figures outside a stage's folder)."""
+    return "s-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in (name or "other"))
 
 
 def _section(anchor: str, title: str, content: str) -> str:
