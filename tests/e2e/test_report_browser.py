@@ -28,6 +28,12 @@ SPEC: dict[str, Any] = {
     "sample": {"n": 32, "steps": 5, "batch_size": 16},
     "features": {"extractor": "random-cnn"},
 }
+# IRS target 0.99: the tiny model's duplicated retrievals reject it within its first batches of 16
+REJECTED_SPEC: dict[str, Any] = {
+    **SPEC,
+    "sample": {"n": 256, "steps": 5, "batch_size": 16},
+    "irs": {"target": 0.99, "early_rejection": True},
+}
 
 
 def browser_programs() -> tuple[str, str]:
@@ -129,3 +135,16 @@ def test_the_report_opens_in_a_browser(
     assert all(image["width"] > 0 for image in image_states(browser))
     assert console_errors(browser) == []
     screenshot(browser, "report-phone.png")
+
+    rejected = client.wait(client.evaluate(checkpoint["id"], "digits", REJECTED_SPEC)["id"], poll=0.2)
+    assert rejected["status"] == "rejected", rejected
+    assert "report.html" in client.artifacts(rejected["id"]), "the worker stores the report of a rejection too"
+    link = httpx.post(
+        f"{url}/v1/evaluations/{rejected['id']}/share", headers={"Authorization": f"Bearer {token}"}
+    ).json()["url"]
+    browser.get(url + link)
+    assert "Rejected" in browser.find_element("id", "verdict").text
+    assert "irs/distinct_curve.png" in [image["alt"] for image in image_states(browser)]
+    assert all(image["width"] > 0 for image in image_states(browser))
+    assert console_errors(browser) == []
+    screenshot(browser, "report-rejected-phone.png")
