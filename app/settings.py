@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from diffaudit.store import ArtifactStore, LocalStore, S3Store
@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     )
     worker_prefetch: int = Field(default=1, ge=1)
     demo_model_dir: Path = Path("./var/models")
+    share_secret: SecretStr | None = Field(
+        default=None,
+        description="key signing the links of POST /v1/evaluations/{id}/share (the same on every API process); "
+        "unset = a random key per process with the in-memory broker (links end with the process), sharing "
+        "refused otherwise",
+    )
 
     # Upload bounds on checkpoints, checked before a model is built (max_image_side above also
     # bounds a checkpoint's sample_size).

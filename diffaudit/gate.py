@@ -387,29 +387,37 @@ def run_in_process(
 ) -> Verdict:
     """The same evaluation as on a server, run here by diffaudit.pipeline.run over a LocalStore in `cache_dir`."""
     from diffaudit.pipeline import Rejected, results_document, run
+    from diffaudit.report import JobFacts, store_report
     from diffaudit.spec import EvaluationSpec
-    from diffaudit.store import LocalStore
+    from diffaudit.store import LocalStore, ScopedStore
 
     spec = EvaluationSpec.model_validate(gate_spec(options))
     store = LocalStore(cache_dir)
-    job_prefix = f"evaluations/gate-{uuid.uuid4().hex[:12]}"
+    job_id = f"gate-{uuid.uuid4().hex[:12]}"
+    job_prefix = f"evaluations/{job_id}"
     finished: dict[str, dict[str, Any]] = {}
+    data = local_dataset(store, dataset)
     with tempfile.TemporaryDirectory(prefix="diffaudit-gate-") as tmp:
         folder = checkpoint_folder(checkpoint, Path(tmp) / "checkpoint")
         try:
             results = run(
                 spec,
                 checkpoint_dir=folder,
-                dataset=local_dataset(store, dataset),
+                dataset=data,
                 store=store,
                 job_prefix=job_prefix,
                 on_progress=on_progress,
                 on_stage_done=finished.__setitem__,
             )
+            status, error = "succeeded", None
         except Rejected as rejection:
-            document = {**results_document(spec, finished), "rejection": rejection.evidence}
-            return verdict_from("rejected", document, rejection.reason, str(cache_dir / job_prefix), options)
-    return verdict_from("succeeded", results, None, str(cache_dir / job_prefix), options)
+            results = {**results_document(spec, finished), "rejection": rejection.evidence}
+            status, error = "rejected", rejection.reason
+    facts = JobFacts(
+        job_id, status, error, checkpoint={"path": str(checkpoint)}, dataset={"name": dataset, **asdict(data.info)}
+    )
+    store_report(facts, results, ScopedStore(store, job_prefix))
+    return verdict_from(status, results, error, str(cache_dir / job_prefix), options)
 
 
 def progress_printer(out: TextIO = sys.stderr) -> Callable[[str, int, int], None]:

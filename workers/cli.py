@@ -128,6 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             code = print_outcome(client, job)
             folder = Path(settings.artifact_dir).resolve() / "evaluations" / job["id"]
             print("\nwhere to look:")
+            print(f"  the report (open it in a browser): {folder / 'report.html'}")
             print(f"  artifacts (images, arrays, JSON): {folder}")
             for name in client.artifacts(job["id"]):
                 if name.endswith(".png"):

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from app.checkpoints.service import checkpoint_dir
 from app.datasets.service import store_prefix as dataset_prefix
 from app.evaluations import service
@@ -95,7 +97,7 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
     except pipeline.Rejected as rejection:
         with session_scope() as session:
             results = {**pipeline.results_document(spec, ctx.results), "rejection": rejection.evidence}
-            service.finish(session, evaluation_id, REJECTED, results=results, error=rejection.reason)
+            _finish(session, store, evaluation_id, REJECTED, results=results, error=rejection.reason)
         return
     except pipeline.Cancelled:
         with session_scope() as session:
@@ -104,7 +106,7 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
     except InvalidInput as exc:  # the user's to fix: retrying cannot help
         log.info("evaluation %s failed in stage %s: %s", evaluation_id, stage, exc)
         with session_scope() as session:
-            service.finish(session, evaluation_id, FAILED, error=f"stage {stage}: {exc}")
+            _finish(session, store, evaluation_id, FAILED, error=f"stage {stage}: {exc}")
         return
     except Exception as exc:
         if self.request.retries < MAX_RETRIES:
@@ -117,7 +119,7 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
                 f"stage {stage} failed after {MAX_RETRIES + 1} attempts with an internal error "
                 f"({type(exc).__name__}); the worker's log has the details"
             )
-            service.finish(session, evaluation_id, FAILED, error=message)
+            _finish(session, store, evaluation_id, FAILED, error=message)
         return
 
     with session_scope() as session:
@@ -125,9 +127,19 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str) -> None:
         done = _done_stages(service.load_job(session, evaluation_id))
     if set(spec.stages) <= done:
         with session_scope() as session:
-            service.finish(session, evaluation_id, SUCCEEDED, results=pipeline.results_document(spec, ctx.results))
+            _finish(session, store, evaluation_id, SUCCEEDED, results=pipeline.results_document(spec, ctx.results))
     else:
         _send_next_stage(evaluation_id, spec, done)
+
+
+def _finish(session: Session, store: ArtifactStore, evaluation_id: str, status: str, **outcome: Any) -> None:
+    """End the job and, if this call ended it, store its report (`report.html`). A report that cannot be rendered
+    is logged and leaves the job as it ended: GET /v1/evaluations/{id}/report renders it again."""
+    if service.finish(session, evaluation_id, status, **outcome):
+        try:
+            service.store_job_report(session, store, evaluation_id)
+        except Exception:
+            log.exception("evaluation %s: the report could not be stored", evaluation_id)
 
 
 def _done_stages(job: Evaluation) -> set[str]:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
-from app.auth import CurrentProject
+from app.auth import CurrentProject, bearer, current_project
 from app.dependencies import IdFilter, ResourceId, SessionDep, SettingsDep, StoreDep
 from app.errors import COMMON_RESPONSES, JSON_BODY_RESPONSES, NOT_FOUND_RESPONSE, ErrorResponse
 from app.evaluations import service
@@ -16,6 +18,8 @@ from app.evaluations.schemas import (
     EvaluationOut,
     EvaluationPage,
     EvaluationStatus,
+    ShareCreate,
+    ShareOut,
 )
 from app.pagination import PageDep
 from app.queue import Enqueue, get_enqueue
@@ -138,3 +142,69 @@ def get_artifact(
     return FileResponse(
         local, media_type=service.media_type(path), filename=local.name, content_disposition_type="inline"
     )
+
+
+# The report is a page a person opens: no script, nothing fetched, framed by nobody.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "private, no-store",
+}
+
+
+@router.get(
+    "/{evaluation_id}/report",
+    summary="The report of a finished evaluation: one self-contained HTML page",
+    description=(
+        "Verdict and evidence, a section per stage with its numbers and figures (embedded), the spec, checkpoint "
+        "and dataset facts, timings. Authorised by the bearer header, or by `token` from "
+        "POST /v1/evaluations/{id}/share (a link a browser can open)."
+    ),
+    response_class=Response,  # no media type of its own: the errors are documented as JSON, the page as HTML
+    responses={
+        **NOT_FOUND_RESPONSE,
+        200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "the report page"},
+        403: {"model": ErrorResponse, "description": "the share token is expired or not for this report"},
+        409: {"model": ErrorResponse, "description": "the job has not finished"},
+        503: {"model": ErrorResponse, "description": "share tokens cannot be checked: no DIFFAUDIT_SHARE_SECRET"},
+    },
+)
+def get_report(
+    evaluation_id: ResourceId,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    token: Annotated[str | None, Query(max_length=200, description="a share token instead of the bearer")] = None,
+) -> HTMLResponse:
+    if token is not None:
+        page = service.shared_report(session, store, settings, evaluation_id, token)
+    else:
+        project = current_project(credentials, session)
+        page = service.get_report(session, project, store, evaluation_id)
+    return HTMLResponse(page, headers=REPORT_HEADERS)
+
+
+@router.post(
+    "/{evaluation_id}/share",
+    summary="A link that opens this evaluation's report, read-only, until it expires",
+    description="The link carries a signed token for this one report; it opens nothing else.",
+    response_model=ShareOut,
+    responses={
+        **JSON_BODY_RESPONSES,
+        **NOT_FOUND_RESPONSE,
+        503: {"model": ErrorResponse, "description": "no DIFFAUDIT_SHARE_SECRET is set"},
+    },
+)
+def share_evaluation(
+    evaluation_id: ResourceId,
+    project: CurrentProject,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: ShareCreate | None = None,
+) -> ShareOut:
+    expires_in = (body or ShareCreate()).expires_in
+    token, expires = service.share_report(session, project, settings, evaluation_id, expires_in)
+    url = f"/v1/evaluations/{evaluation_id}/report?token={token}"
+    return ShareOut(url=url, token=token, expires_at=datetime.fromtimestamp(expires, UTC))

@@ -110,3 +110,28 @@ class ArtifactOut(BaseModel):
 
 class ArtifactList(BaseModel):
     items: list[ArtifactOut]
+
+
+SHARE_MAX_SECONDS = 30 * 24 * 3600
+
+
+class ShareCreate(BaseModel):
+    """How long the link to one report stays valid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        le=SHARE_MAX_SECONDS,
+        description="seconds the link stays valid (max 30 days)",
+    )
+
+
+class ShareOut(BaseModel):
+    url: str = Field(
+        description="opens this one report, read-only, without a bearer header, until it expires",
+        examples=["/v1/evaluations/ev_9a8b7c6d5e4f3a2b1c0d/report?token=1767270000.Zm9v"],
+    )
+    token: str
+    expires_at: datetime

@@ -9,6 +9,12 @@ on every batch. A job always ends with every stage row ended too: done, or as th
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -18,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.checkpoints.service import get_checkpoint
 from app.datasets.service import get_dataset
-from app.errors import Conflict, NotFound, Unavailable
+from app.errors import Conflict, Forbidden, NotFound, Unavailable
 from app.evaluations.schemas import EvaluationCreate
 from app.evaluations.validation import check_submission
 from app.models import (
@@ -32,6 +38,8 @@ from app.models import (
     STAGE_RUNNING,
     STAGE_SKIPPED,
     TERMINAL_STATUSES,
+    Checkpoint,
+    Dataset,
     Evaluation,
     EvaluationStage,
     Project,
@@ -41,7 +49,8 @@ from app.models import (
 from app.pagination import PageParams, fetch_page
 from app.queue import RUN_EVALUATION, Enqueue
 from app.settings import Settings
-from diffaudit.store import ArtifactStore
+from diffaudit.report import REPORT_KEY, JobFacts, render_report, store_report
+from diffaudit.store import ArtifactStore, ScopedStore
 
 MEDIA_TYPES = {
     ".png": "image/png",
@@ -217,6 +226,139 @@ def artifact_file(session: Session, project: Project, store: ArtifactStore, eval
     if not store.exists(key):
         raise missing
     return store.local_path(key)
+
+
+# --- the report and its share links ------------------------------------------------------------------------------
+
+
+def job_facts(session: Session, evaluation: Evaluation) -> JobFacts:
+    """What the report shows of a job besides its results: outcome, spec, checkpoint and dataset facts, times."""
+    checkpoint = session.get_one(Checkpoint, evaluation.checkpoint_id)
+    dataset = session.get_one(Dataset, evaluation.dataset_id)
+    return JobFacts(
+        evaluation_id=evaluation.id,
+        status=evaluation.status,
+        error=evaluation.error,
+        spec=evaluation.spec,
+        checkpoint={
+            "id": checkpoint.id,
+            "name": checkpoint.name,
+            "content_hash": checkpoint.content_hash,
+            "num_parameters": checkpoint.num_parameters,
+            "sample_size": checkpoint.sample_size,
+            "in_channels": checkpoint.in_channels,
+            "out_channels": checkpoint.out_channels,
+            "num_class_embeds": checkpoint.num_class_embeds,
+            "info": checkpoint.info,
+        },
+        dataset={
+            "id": dataset.id,
+            "name": dataset.name,
+            "kind": dataset.kind,
+            "count": dataset.count,
+            "item_shape": dataset.item_shape,
+            "content_hash": dataset.content_hash,
+            "heldout_count": dataset.heldout_count,
+            "class_names": dataset.class_names,
+            "class_counts": dataset.class_counts,
+        },
+        stages=[
+            {
+                "name": stage.name,
+                "status": stage.status,
+                "seconds": stage.seconds,
+                "started_at": _iso(stage.started_at),
+                "finished_at": _iso(stage.finished_at),
+            }
+            for stage in evaluation.stages
+        ],
+        times={
+            "created_at": _iso(evaluation.created_at),
+            "started_at": _iso(evaluation.started_at),
+            "finished_at": _iso(evaluation.finished_at),
+            "attempts": evaluation.attempts,
+        },
+    )
+
+
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def store_job_report(session: Session, store: ArtifactStore, evaluation_id: str) -> None:
+    """Render the report of an ended job and store it as its artifact `report.html` (the worker, at job end)."""
+    evaluation = load_job(session, evaluation_id)
+    store_report(job_facts(session, evaluation), evaluation.results, ScopedStore(store, job_prefix(evaluation.id)))
+
+
+def report_html(session: Session, store: ArtifactStore, evaluation: Evaluation) -> str:
+    """The stored report of an ended job, or one rendered now (jobs that ended before reports were stored)."""
+    if evaluation.status not in TERMINAL_STATUSES:
+        raise Conflict(
+            f"evaluation {evaluation.id} has not finished ({evaluation.status}); its report exists once it ends",
+            code="not_finished",
+            details={"status": evaluation.status},
+        )
+    job = ScopedStore(store, job_prefix(evaluation.id))
+    if job.exists(REPORT_KEY):
+        return job.get_bytes(REPORT_KEY).decode()
+    return render_report(job_facts(session, evaluation), evaluation.results, job)
+
+
+def get_report(session: Session, project: Project, store: ArtifactStore, evaluation_id: str) -> str:
+    return report_html(session, store, get_evaluation(session, project, evaluation_id))
+
+
+def _share_signature(key: bytes, evaluation_id: str, expires: int) -> str:
+    """HMAC-SHA256 of (purpose, job, expiry): a token opens one job's report until it expires."""
+    message = f"report:{evaluation_id}:{expires}".encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@lru_cache(maxsize=1)
+def _process_share_key() -> bytes:
+    """The embedded deployment's share key when none is set: random, for this one process (links end with it)."""
+    return secrets.token_bytes(32)
+
+
+def share_key(settings: Settings) -> bytes:
+    """DIFFAUDIT_SHARE_SECRET; unset, a per-process key in the embedded deployment (one process, in-memory broker),
+    and a refusal elsewhere: API processes with different keys would refuse each other's links."""
+    if settings.share_secret is not None:
+        return settings.share_secret.get_secret_value().encode()
+    if settings.broker_url.startswith("memory://"):
+        return _process_share_key()
+    raise Unavailable(
+        "sharing reports needs DIFFAUDIT_SHARE_SECRET set (the same value on every API process); ask the operator"
+    )
+
+
+def share_report(
+    session: Session, project: Project, settings: Settings, evaluation_id: str, expires_in: int
+) -> tuple[str, int]:
+    """A read-only token for one job's report, valid `expires_in` seconds: (token, expiry as Unix time)."""
+    evaluation = get_evaluation(session, project, evaluation_id)
+    expires = int(time.time()) + expires_in
+    return f"{expires}.{_share_signature(share_key(settings), evaluation.id, expires)}", expires
+
+
+def shared_report(session: Session, store: ArtifactStore, settings: Settings, evaluation_id: str, token: str) -> str:
+    """The report a share token opens: only the job it was made for, only until it expires."""
+    expires_text, _, signature = token.partition(".")
+    refused = Forbidden("this share link is not valid for this report; ask for a new link")
+    if not expires_text.isdigit() or not signature:
+        raise refused
+    expires = int(expires_text)
+    expected = _share_signature(share_key(settings), evaluation_id, expires)
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
+        raise refused
+    if expires < time.time():
+        raise Forbidden("this share link has expired; ask for a new link")
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is None:
+        raise NotFound(f"evaluation {evaluation_id!r} not found")
+    return report_html(session, store, evaluation)
 
 
 # --- worker side -----------------------------------------------------------------------------------

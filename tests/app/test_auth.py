@@ -27,6 +27,8 @@ PROTECTED = [
     ("GET", "/v1/evaluations/ev_x/artifacts"),
     ("GET", "/v1/evaluations/ev_x/artifacts/a.png"),
     ("POST", "/v1/evaluations/ev_x/cancel"),
+    ("GET", "/v1/evaluations/ev_x/report"),
+    ("POST", "/v1/evaluations/ev_x/share"),
     ("GET", "/v1/tokens/current"),
 ]
 
