@@ -17,6 +17,7 @@ from app.db import make_engine, make_sessionmaker
 from app.errors import ErrorResponse, Unavailable, install_error_handlers
 from app.evaluations.router import router as evaluations_router
 from app.queue import configure_client
+from app.runs.router import router as runs_router
 from app.settings import Settings, get_settings, make_store
 from app.tokens.router import router as tokens_router
 from app.uploads import BodySizeLimit
@@ -75,6 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
         return {"status": "ok"}
 
-    for router in (checkpoints_router, datasets_router, evaluations_router, tokens_router):
+    for router in (checkpoints_router, datasets_router, evaluations_router, runs_router, tokens_router):
         app.include_router(router)
     return app
