@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 
 from app.checkpoints.router import router as checkpoints_router
+from app.comparisons.router import router as comparisons_router
 from app.datasets.router import router as datasets_router
 from app.datasets.service import ensure_builtin_datasets
 from app.db import make_engine, make_sessionmaker
@@ -76,6 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
         return {"status": "ok"}
 
-    for router in (checkpoints_router, datasets_router, evaluations_router, runs_router, tokens_router):
+    for router in (
+        checkpoints_router,
+        comparisons_router,
+        datasets_router,
+        evaluations_router,
+        runs_router,
+        tokens_router,
+    ):
         app.include_router(router)
     return app
