@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,8 @@ from sqlalchemy.orm import Session
 
 from app.evaluations import service as evaluations
 from app.models import REJECTED, SUCCEEDED
+from diffaudit import cli
+from diffaudit.client import Client
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 SPEC = {"stages": ["sample"], "sample": {"n": 8, "steps": 5}}
@@ -261,3 +264,21 @@ def test_a_run_without_finished_jobs_has_an_empty_trajectory(
     assert (body["copying_starts"], body["diversity_drops"]) == (None, None)
     assert client.get(body["plot"], headers=auth).headers["content-type"] == "image/png"
     assert client.get("/v1/runs/nope/trajectory", headers=auth).status_code == 404
+
+
+def test_cli_checkpoint_push_with_run_and_step(
+    client: TestClient,
+    auth: dict[str, str],
+    tiny_checkpoint: TinyCheckpoint,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = Client("http://testserver", "unused")
+    api.http = client
+    client.headers.update(auth)
+    monkeypatch.setattr(cli, "_client", lambda args: api)
+    folder = str(tiny_checkpoint.folder)
+    assert cli.main(["checkpoint", "push", folder, "--run", "cli-run", "--step", "42"]) == 0
+    pushed = json.loads(capsys.readouterr().out)
+    assert (pushed["run"], pushed["step"]) == ("cli-run", 42)
+    assert [c["step"] for c in client.get("/v1/runs/cli-run", headers=auth).json()["checkpoints"]] == [42]
