@@ -20,11 +20,9 @@ from diffaudit.metrics.comparison import (
     DEFAULT_ERROR_RATE,
     DEFAULT_REPLICATES,
     PairedDifference,
-    Statistic,
-    irs_inf_at,
-    mean_at,
     paired_bootstrap,
     paired_by_key,
+    paired_irs,
 )
 from diffaudit.spec import EvaluationSpec
 from diffaudit.stages.artifacts import DS_KEY
@@ -63,15 +61,12 @@ def compare_jobs(
     """Every paired quantity both jobs (of `spec`, artifacts in `baseline` and `candidate`) stored, compared."""
     found: list[PairedDifference] = []
 
-    def add(
-        metric: str, pair: tuple[np.ndarray, np.ndarray], higher_is_better: bool, statistic: Statistic = mean_at
-    ) -> None:
+    def add(metric: str, pair: tuple[np.ndarray, np.ndarray], higher_is_better: bool) -> None:
         found.append(
             paired_bootstrap(
                 metric,
                 *pair,
                 higher_is_better=higher_is_better,
-                statistic=statistic,
                 error_rate=error_rate,
                 replicates=replicates,
                 seed=seed,
@@ -81,7 +76,8 @@ def compare_jobs(
     stages = baseline_results.get("stages") or {}
     nearest = _both(baseline, candidate, NEAREST_KEY)
     if nearest is not None and "irs" in stages:
-        add("irs_inf", nearest, True, irs_inf_at(int(stages["irs"]["synthetic"]["n_train"])))
+        n_train = int(stages["irs"]["synthetic"]["n_train"])
+        found.append(paired_irs(*nearest, n_train, error_rate=error_rate, replicates=replicates, seed=seed))
     for space in sorted((stages.get("memorization") or {}).get("spaces") or {}):
         scores = _both(baseline, candidate, f"{PREFIX}/{space}/extraction_score.npy")
         if scores is not None:

@@ -13,6 +13,7 @@ from diffaudit.metrics.comparison import (
     irs_inf_at,
     paired_bootstrap,
     paired_by_key,
+    paired_irs,
     verdict_of,
 )
 from diffaudit.metrics.irs import irs_summary
@@ -67,16 +68,15 @@ def test_irs_of_the_full_sample_matches_the_irs_metric_and_diversity_loss_is_wor
     n_train = 500
     diverse = rng.integers(0, n_train, size=400)
     collapsed = np.where(rng.random(400) < 0.5, diverse, rng.integers(0, 40, size=400))  # half go to 40 images
-    found = paired_bootstrap(
-        "irs_inf", diverse, collapsed, higher_is_better=True, statistic=irs_inf_at(n_train), replicates=200
-    )
+    found = paired_irs(diverse, collapsed, n_train, replicates=200)
+    assert found.interval[0] < found.difference < found.interval[1]  # centred on the full samples' difference
     assert found.baseline == irs_summary(diverse, n_train)["irs_inf"]
     assert found.candidate == irs_summary(collapsed, n_train)["irs_inf"]
     assert found.verdict == WORSE and found.interval[1] < 0
-    same = paired_bootstrap(
-        "irs_inf", diverse, diverse.copy(), higher_is_better=True, statistic=irs_inf_at(n_train), replicates=50
-    )
-    assert same.verdict == NOT_DISTINGUISHABLE
+    same = paired_irs(diverse, diverse.copy(), n_train, replicates=50)
+    assert (same.difference, same.interval, same.verdict) == (0.0, (0.0, 0.0), NOT_DISTINGUISHABLE)
+    # The replicates' IRS is of the distinct samples drawn: on all of them it is IRS_inf itself.
+    assert irs_inf_at(n_train)(diverse, np.arange(400)) == found.baseline
 
 
 def test_paired_by_key_aligns_training_images() -> None:
