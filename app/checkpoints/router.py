@@ -44,7 +44,10 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=COM
         200: {"model": CheckpointUploadOut, "description": "the same checkpoint was already stored in this project"},
         400: {"model": ErrorResponse, "description": "the zip is corrupt, or an entry escapes its folder"},
         403: {"model": ErrorResponse, "description": "server paths are not allowed, or the path is outside them"},
-        409: {"model": ErrorResponse, "description": "the run already has a checkpoint at this step"},
+        409: {
+            "model": ErrorResponse,
+            "description": "the run already has a checkpoint at this step, or the content is already another step",
+        },
         413: {"model": ErrorResponse, "description": "the upload is larger than DIFFAUDIT_MAX_UPLOAD_BYTES"},
     },
 )

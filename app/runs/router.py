@@ -21,6 +21,9 @@ SpecHashQuery = Annotated[
     str | None,
     Query(max_length=64, description="spec of the evaluations compared; needed when the run has several"),
 ]
+DatasetQuery = Annotated[
+    str | None, Query(max_length=64, description="dataset of the evaluations; needed when they ran on several")
+]
 CopyThresholdQuery = Annotated[
     float, Query(ge=0, le=1, description="copying starts at the first step whose copy rate exceeds this")
 ]
@@ -53,6 +56,7 @@ def _trajectory_out(found: service.RunTrajectory, plot: str) -> Trajectory:
         {
             "run": found.run,
             "spec_hash": found.spec_hash,
+            "dataset_id": found.dataset_id,
             "steps": found.steps,
             "series": {name: [p.to_dict() for p in points] for name, points in found.series.items()},
             "copy_threshold": found.copy_threshold,
@@ -69,7 +73,8 @@ def _trajectory_out(found: service.RunTrajectory, plot: str) -> Trajectory:
     description="IRS_inf with bounds, copy rate per space, volume-growth mean and median, DS count, and the FID "
     "family when the distribution stage ran, from the newest finished (succeeded or rejected) evaluation of the "
     "spec of each step's checkpoint; with the step where copying starts and where diversity drops. Without "
-    "`spec_hash`, the run's evaluations must share one spec (a 422 lists them otherwise).",
+    "`spec_hash`, the run's evaluations must share one spec (a 422 lists them otherwise), and without `dataset_id` "
+    "that spec's evaluations one dataset (likewise).",
     response_model=Trajectory,
     responses=NOT_FOUND_RESPONSE,
 )
@@ -79,9 +84,14 @@ def get_trajectory(
     session: SessionDep,
     spec_hash: SpecHashQuery = None,
     copy_threshold: CopyThresholdQuery = COPY_RATE_THRESHOLD,
+    dataset_id: DatasetQuery = None,
 ) -> Trajectory:
-    found = service.trajectory(session, project, name, spec_hash, copy_threshold)
-    query = f"?spec_hash={found.spec_hash}&copy_threshold={copy_threshold}" if found.spec_hash else ""
+    found = service.trajectory(session, project, name, spec_hash, copy_threshold, dataset_id)
+    query = (
+        f"?spec_hash={found.spec_hash}&dataset_id={found.dataset_id}&copy_threshold={copy_threshold}"
+        if found.spec_hash
+        else ""
+    )
     return _trajectory_out(found, f"{router.prefix}/{name}/trajectory.png{query}")
 
 
@@ -97,6 +107,7 @@ def get_trajectory_png(
     session: SessionDep,
     spec_hash: SpecHashQuery = None,
     copy_threshold: CopyThresholdQuery = COPY_RATE_THRESHOLD,
+    dataset_id: DatasetQuery = None,
 ) -> Response:
-    found = service.trajectory(session, project, name, spec_hash, copy_threshold)
+    found = service.trajectory(session, project, name, spec_hash, copy_threshold, dataset_id)
     return Response(trajectory_png(found.series, found.marks()), media_type="image/png")

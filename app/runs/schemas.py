@@ -72,6 +72,7 @@ class Trajectory(BaseModel):
 
     run: str
     spec_hash: str | None = Field(description="the spec the numbers share; null when the run has no finished job")
+    dataset_id: str | None = Field(description="the dataset the jobs ran on")
     steps: list[TrajectoryStepOut]
     series: dict[str, list[TrajectoryPointOut]] = Field(
         description="per number (irs_inf, copy_rate_<space>, volume_growth_mean/median, ds_count, the FID family when "

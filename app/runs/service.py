@@ -126,6 +126,7 @@ def chosen_spec_hash(evaluations: list[Evaluation], name: str, spec_hash: str | 
 class RunTrajectory:
     run: str
     spec_hash: str | None
+    dataset_id: str | None
     steps: list[dict[str, Any]]
     series: dict[str, list[Point]]
     copy_threshold: float
@@ -142,16 +143,40 @@ class RunTrajectory:
         return {"copying starts": self.copying_starts, "diversity drops": self.diversity_drops}
 
 
+def chosen_dataset(evaluations: list[Evaluation], name: str, dataset_id: str | None) -> str | None:
+    """The dataset the trajectory's jobs ran on: the one asked for, or the only one (422 otherwise)."""
+    present = sorted({e.dataset_id for e in evaluations})
+    if dataset_id is not None or len(present) <= 1:
+        return dataset_id if dataset_id is not None else (present[0] if present else None)
+    raise Invalid(
+        f"run {name!r} has finished evaluations of this spec on {len(present)} datasets; choose one with "
+        f"?dataset_id= (one of {', '.join(present)})",
+        details={"dataset_ids": present},
+    )
+
+
 def trajectory(
-    session: Session, project: Project, name: str, spec_hash: str | None, copy_threshold: float
+    session: Session,
+    project: Project,
+    name: str,
+    spec_hash: str | None,
+    copy_threshold: float,
+    dataset_id: str | None = None,
 ) -> RunTrajectory:
-    """Per step, the headline numbers of the newest finished evaluation of the spec of that step's checkpoint."""
+    """Per step, the headline numbers of the newest finished evaluation of the spec (and dataset) of that step's
+    checkpoint."""
     checkpoints = run_checkpoints(session, project, name)
-    evaluations = evaluations_of(session, checkpoints)
+    evaluations = [
+        e
+        for e in evaluations_of(session, checkpoints)
+        if e.status in FINISHED_WITH_RESULTS and e.results and dataset_id in (None, e.dataset_id)
+    ]
     chosen = chosen_spec_hash(evaluations, name, spec_hash)
+    of_spec = [e for e in evaluations if e.spec_hash == chosen]
+    dataset = chosen_dataset(of_spec, name, dataset_id)
     newest: dict[str, Evaluation] = {}
-    for evaluation in evaluations:  # oldest first: a later one replaces an earlier one
-        if evaluation.spec_hash == chosen and evaluation.status in FINISHED_WITH_RESULTS and evaluation.results:
+    for evaluation in of_spec:  # oldest first: a later one replaces an earlier one
+        if evaluation.dataset_id == dataset:
             newest[evaluation.checkpoint_id] = evaluation
     steps, numbers = [], []
     for checkpoint in checkpoints:
@@ -162,4 +187,4 @@ def trajectory(
             {"step": checkpoint.step, "checkpoint_id": checkpoint.id, "evaluation_id": job.id, "status": job.status}
         )
         numbers.append((checkpoint.step, headline_numbers(job.results)))
-    return RunTrajectory(name, chosen, steps, trajectory_series(numbers), copy_threshold)
+    return RunTrajectory(name, chosen, dataset, steps, trajectory_series(numbers), copy_threshold)

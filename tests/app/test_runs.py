@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 from app_helpers import (
     BAD_PAGE_PARAMS,
@@ -53,8 +54,10 @@ def push(client: TestClient, auth: dict[str, str], data: bytes, **form: Any) -> 
     return client.post("/v1/checkpoints", headers=auth, files=files, data={k: str(v) for k, v in form.items()})
 
 
-def submit(client: TestClient, auth: dict[str, str], checkpoint_id: str, spec: dict[str, Any] = SPEC) -> str:
-    body = {"checkpoint_id": checkpoint_id, "dataset_id": "digits", "spec": spec}
+def submit(
+    client: TestClient, auth: dict[str, str], checkpoint_id: str, spec: dict[str, Any] = SPEC, dataset: str = "digits"
+) -> str:
+    body = {"checkpoint_id": checkpoint_id, "dataset_id": dataset, "spec": spec}
     response = client.post("/v1/evaluations", headers=auth, json=body)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
@@ -253,6 +256,30 @@ def test_several_specs_need_a_spec_hash(
     assert [s["evaluation_id"] for s in chosen["steps"]] == [other]
     unknown = client.get("/v1/runs/r3/trajectory", headers=auth, params={"spec_hash": "0" * 64})
     assert unknown.status_code == 422 and hashes[0] in unknown.json()["error"]["message"]
+
+
+def test_jobs_of_one_spec_on_several_datasets_need_a_dataset_id(
+    client: TestClient, auth: dict[str, str], session: Session, run_of: Callable[[str], list[str]]
+) -> None:
+    ids = run_of("r5")
+    buffer = io.BytesIO()
+    images = np.random.default_rng(0).integers(0, 256, size=(40, 16, 16, 1), dtype=np.uint8)
+    np.savez(buffer, images=images, labels=np.arange(40) % 10)
+    files = {"file": ("mine.npz", buffer.getvalue(), "application/octet-stream")}
+    uploaded = client.post("/v1/datasets", headers=auth, files=files, data={"name": "mine"})
+    assert uploaded.status_code == 201, uploaded.text
+    mine = uploaded.json()["id"]
+    on_digits, on_mine = submit(client, auth, ids[0]), submit(client, auth, ids[1], dataset=mine)
+    for job in (on_digits, on_mine):
+        evaluations.finish(session, job, SUCCEEDED, results=results((0.8, 0.7, 0.9), 0.0, 5))
+    response = client.get("/v1/runs/r5/trajectory", headers=auth)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert "dataset_id" in error["message"] and error["details"] == {"dataset_ids": sorted(["digits", mine])}
+    chosen = client.get("/v1/runs/r5/trajectory", headers=auth, params={"dataset_id": mine}).json()
+    assert ([s["evaluation_id"] for s in chosen["steps"]], chosen["dataset_id"]) == ([on_mine], mine)
+    assert f"dataset_id={mine}" in chosen["plot"]
+    assert client.get(chosen["plot"], headers=auth).status_code == 200
 
 
 def test_a_run_without_finished_jobs_has_an_empty_trajectory(
