@@ -125,8 +125,8 @@ def paired_bootstrap(
     _check_pairs(baseline, candidate, metric)
     if not 0 < error_rate < 1:
         raise InvalidInput(f"the error rate must lie in (0, 1), got {error_rate}")
-    if replicates < 1:
-        raise InvalidInput(f"the bootstrap needs at least one replicate, got {replicates}")
+    if replicates < 2:
+        raise InvalidInput(f"the bootstrap needs at least 2 replicates, got {replicates}")
     n = baseline.size
     everything = np.arange(n)
     base_value, cand_value = statistic(baseline, everything), statistic(candidate, everything)

@@ -99,9 +99,11 @@ def test_bad_pairs_are_refused(baseline: np.ndarray, candidate: np.ndarray, mess
         paired_bootstrap("m", baseline, candidate, higher_is_better=True)
 
 
-def test_bad_error_rate_is_refused() -> None:
+def test_bad_error_rate_or_replicates_are_refused() -> None:
     with pytest.raises(InvalidInput, match="error rate"):
         paired_bootstrap("m", np.zeros(3), np.zeros(3), higher_is_better=True, error_rate=1.0)
+    with pytest.raises(InvalidInput, match="at least 2 replicates"):
+        paired_irs(np.zeros(3, dtype=int), np.zeros(3, dtype=int), 5, replicates=1)
 
 
 def test_the_irs_interval_covers_the_true_difference_at_least_at_the_stated_rate() -> None:
