@@ -11,12 +11,14 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 
 from app.checkpoints.router import router as checkpoints_router
+from app.comparisons.router import router as comparisons_router
 from app.datasets.router import router as datasets_router
 from app.datasets.service import ensure_builtin_datasets
 from app.db import make_engine, make_sessionmaker
 from app.errors import ErrorResponse, Unavailable, install_error_handlers
 from app.evaluations.router import router as evaluations_router
 from app.queue import configure_client
+from app.runs.router import router as runs_router
 from app.settings import Settings, get_settings, make_store
 from app.tokens.router import router as tokens_router
 from app.uploads import BodySizeLimit
@@ -75,6 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
         return {"status": "ok"}
 
-    for router in (checkpoints_router, datasets_router, evaluations_router, tokens_router):
+    for router in (
+        checkpoints_router,
+        comparisons_router,
+        datasets_router,
+        evaluations_router,
+        runs_router,
+        tokens_router,
+    ):
         app.include_router(router)
     return app

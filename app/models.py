@@ -98,11 +98,16 @@ class Token(Base):
 
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
-    __table_args__ = (UniqueConstraint("project_id", "content_hash"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "content_hash"),
+        UniqueConstraint("project_id", "run_name", "step"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
+    run_name: Mapped[str | None] = mapped_column(String(100), doc="the training run it belongs to, if any")
+    step: Mapped[int | None] = mapped_column(BigInteger, doc="its training step in that run")
     content_hash: Mapped[str] = mapped_column(String(64))
     num_parameters: Mapped[int] = mapped_column(BigInteger)
     sample_size: Mapped[int] = mapped_column(Integer)

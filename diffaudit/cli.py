@@ -43,7 +43,7 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint_push(args: argparse.Namespace) -> int:
-    _print_json(_client(args).push_checkpoint(Path(args.path), name=args.name))
+    _print_json(_client(args).push_checkpoint(Path(args.path), name=args.name, run=args.run, step=args.step))
     return 0
 
 
@@ -86,6 +86,13 @@ def print_outcome(client: Any, job: dict[str, Any]) -> int:
         for name, summary in after.items():  # analyses of the samples drawn before an early rejection
             print(f"  {name} (after the rejection): {StageSummary.model_validate(summary).headline}")
     return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the paired comparison; exit 1 when the candidate is worse on some metric."""
+    comparison = _client(args).compare(args.baseline, args.candidate)
+    _print_json(comparison)
+    return 1 if any(m["verdict"] == "worse" for m in comparison["metrics"]) else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -209,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = checkpoint.add_parser("push", help="upload a diffusers folder or a zip of one")
     p.add_argument("path")
     p.add_argument("--name")
+    p.add_argument("--run", help="training run the checkpoint belongs to (with --step)")
+    p.add_argument("--step", type=int, help="its training step in that run")
     _add_client_options(p)
     p.set_defaults(handler=cmd_checkpoint_push)
 
@@ -234,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         _add_client_options(p)
         p.set_defaults(handler=handler)
+
+    p = commands.add_parser(
+        "compare", help="paired A/B comparison of two finished evaluations of one spec; exit 1 if B is worse"
+    )
+    p.add_argument("baseline", help="evaluation id of the baseline (A)")
+    p.add_argument("candidate", help="evaluation id of the candidate (B)")
+    _add_client_options(p)
+    p.set_defaults(handler=cmd_compare)
 
     p = commands.add_parser("irs-threshold", help="k_min (Eq. 9) and the early-rejection schedule, as JSON")
     p.add_argument("--n-train", type=int, required=True)

@@ -48,12 +48,19 @@ class Client:
         except (ValueError, KeyError, TypeError):
             raise ApiError(response.status_code, "error", response.text) from None
 
-    def push_checkpoint(self, path: Path, name: str | None = None) -> dict[str, Any]:
-        """Upload a diffusers folder (zipped on the fly) or a zip of one."""
+    def push_checkpoint(
+        self, path: Path, name: str | None = None, run: str | None = None, step: int | None = None
+    ) -> dict[str, Any]:
+        """Upload a diffusers folder (zipped on the fly) or a zip of one; with `run` and `step`, as that step of a
+        training run."""
         with tempfile.TemporaryDirectory() as tmp:
             archive = path if path.is_file() else zip_folder(path, Path(tmp) / "checkpoint.zip")
             with archive.open("rb") as f:
                 data = {"name": name or path.stem}
+                if run is not None:
+                    data["run"] = run
+                if step is not None:
+                    data["step"] = str(step)
                 return self._check(self.http.post("/v1/checkpoints", files={"file": (archive.name, f)}, data=data))
 
     def push_dataset(self, path: Path, name: str | None = None, heldout_fraction: float = 0.0) -> dict[str, Any]:
@@ -67,6 +74,11 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {"checkpoint_id": checkpoint_id, "dataset_id": dataset_id, "spec": spec}
         return self._check(self.http.post("/v1/evaluations", json=body, headers=headers))
+
+    def compare(self, baseline_evaluation_id: str, candidate_evaluation_id: str) -> dict[str, Any]:
+        """Paired comparison of two finished jobs of the same spec (POST /v1/comparisons)."""
+        body = {"baseline_evaluation_id": baseline_evaluation_id, "candidate_evaluation_id": candidate_evaluation_id}
+        return self._check(self.http.post("/v1/comparisons", json=body))
 
     def status(self, evaluation_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/evaluations/{evaluation_id}"))

@@ -3,9 +3,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from app.pagination import Page
+
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+MAX_STEP = 2**63 - 1  # the largest BIGINT
 
 
 class CheckpointOut(BaseModel):
@@ -18,6 +21,8 @@ class CheckpointOut(BaseModel):
                 {
                     "id": "ck_3f2a9c01d4e5b6a7c8d9",
                     "name": "digits-ddpm",
+                    "run": "digits-2026-12",
+                    "step": 20000,
                     "content_hash": "9b1c...e0",
                     "num_parameters": 1843201,
                     "sample_size": 16,
@@ -35,6 +40,10 @@ class CheckpointOut(BaseModel):
 
     id: str
     name: str
+    run: str | None = Field(
+        validation_alias=AliasChoices("run_name", "run"), description="the training run it belongs to, if any"
+    )
+    step: int | None = Field(description="its training step in that run")
     content_hash: str = Field(description="sha256 of the UNet config, weights and scheduler config")
     num_parameters: int
     sample_size: int

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.errors import BadRequest, Forbidden, NotFound
+from app.errors import BadRequest, Conflict, Forbidden, NotFound
 from app.models import Checkpoint, Project, new_id
 from app.pagination import PageParams, fetch_page
 from app.settings import Settings
@@ -21,6 +22,14 @@ from diffaudit.store import ArtifactStore
 MAX_NAME = 200
 MAX_LEFT_OUT_LOGGED = 20
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """Where a checkpoint sits in a training run: the run's name and the training step."""
+
+    run_name: str
+    step: int
 
 
 def store_prefix(checkpoint_id: str) -> str:
@@ -65,11 +74,47 @@ def _existing(session: Session, project: Project, content_hash: str) -> Checkpoi
     return session.scalar(query)
 
 
-def _new_row(project: Project, name: str, info: CheckpointInfo, source_path: str | None) -> Checkpoint:
+def _run_step_taken(session: Session, project: Project, run: RunStep) -> Checkpoint | None:
+    query = select(Checkpoint).where(
+        Checkpoint.project_id == project.id, Checkpoint.run_name == run.run_name, Checkpoint.step == run.step
+    )
+    return session.scalar(query)
+
+
+def _check_run_step(session: Session, project: Project, run: RunStep | None) -> None:
+    """Refuse a run and step that another checkpoint of the project already has (409 naming them)."""
+    if run is None:
+        return
+    taken = _run_step_taken(session, project, run)
+    if taken is not None:
+        raise Conflict(
+            f"run {run.run_name!r} already has a checkpoint at step {run.step} ({taken.id}); "
+            "use another step, or another run name",
+            details={"run": run.run_name, "step": run.step, "checkpoint_id": taken.id},
+        )
+
+
+def _same_content(existing: Checkpoint, run: RunStep | None) -> Checkpoint:
+    """The stored checkpoint of the same content, unless the upload places it elsewhere in a run (409)."""
+    if run is not None and (existing.run_name, existing.step) != (run.run_name, run.step):
+        place = f"run {existing.run_name!r} step {existing.step}" if existing.run_name else "no run"
+        raise Conflict(
+            f"this content is already checkpoint {existing.id} ({place}); "
+            f"it cannot also be run {run.run_name!r} step {run.step}",
+            details={"checkpoint_id": existing.id, "run": existing.run_name, "step": existing.step},
+        )
+    return existing
+
+
+def _new_row(
+    project: Project, name: str, info: CheckpointInfo, source_path: str | None, run: RunStep | None
+) -> Checkpoint:
     return Checkpoint(
         id=new_id("ck"),
         project_id=project.id,
         name=name[:MAX_NAME],
+        run_name=None if run is None else run.run_name,
+        step=None if run is None else run.step,
         content_hash=info.content_hash,
         num_parameters=info.num_parameters,
         sample_size=info.sample_size,
@@ -81,8 +126,11 @@ def _new_row(project: Project, name: str, info: CheckpointInfo, source_path: str
     )
 
 
-def _record(session: Session, project: Project, row: Checkpoint, store: ArtifactStore) -> tuple[Checkpoint, bool]:
-    """Commit the row; when the same content was recorded concurrently, drop ours and return theirs."""
+def _record(
+    session: Session, project: Project, row: Checkpoint, store: ArtifactStore, run: RunStep | None
+) -> tuple[Checkpoint, bool]:
+    """Commit the row; when the same content (or run step) was recorded concurrently, drop ours and return theirs
+    (or refuse the run step)."""
     session.add(row)
     try:
         session.commit()
@@ -91,8 +139,9 @@ def _record(session: Session, project: Project, row: Checkpoint, store: Artifact
         store.delete_prefix(store_prefix(row.id))
         existing = _existing(session, project, row.content_hash)
         if existing is None:
+            _check_run_step(session, project, run)
             raise
-        return existing, False
+        return _same_content(existing, run), False
     return row, True
 
 
@@ -107,7 +156,13 @@ def _put_folder(store: ArtifactStore, prefix: str, folder: Path) -> None:
 
 
 def upload_checkpoint(
-    session: Session, project: Project, store: ArtifactStore, settings: Settings, zip_path: Path, name: str
+    session: Session,
+    project: Project,
+    store: ArtifactStore,
+    settings: Settings,
+    zip_path: Path,
+    name: str,
+    run: RunStep | None = None,
 ) -> tuple[Checkpoint, bool, list[str]]:
     """Extract the checkpoint's files from an uploaded zip, validate, store and record them.
 
@@ -127,11 +182,12 @@ def upload_checkpoint(
         info = validate_checkpoint_dir(folder, checkpoint_limits(settings))
         existing = _existing(session, project, info.content_hash)
         if existing is not None:
-            return existing, False, extraction.left_out
-        row = _new_row(project, name, info, source_path=None)
+            return _same_content(existing, run), False, extraction.left_out
+        _check_run_step(session, project, run)
+        row = _new_row(project, name, info, source_path=None, run=run)
         _put_folder(store, store_prefix(row.id), folder)
     try:
-        checkpoint, created = _record(session, project, row, store)
+        checkpoint, created = _record(session, project, row, store, run)
     except BaseException:
         store.delete_prefix(store_prefix(row.id))
         raise
@@ -159,15 +215,23 @@ def allowed_server_path(settings: Settings, path: str) -> Path:
 
 
 def register_server_path(
-    session: Session, project: Project, store: ArtifactStore, settings: Settings, path: str, name: str | None
+    session: Session,
+    project: Project,
+    store: ArtifactStore,
+    settings: Settings,
+    path: str,
+    name: str | None,
+    run: RunStep | None = None,
 ) -> tuple[Checkpoint, bool]:
     """Validate a folder on the server and record it in place (its files are not copied)."""
     folder = allowed_server_path(settings, path)
     info = validate_checkpoint_dir(folder, checkpoint_limits(settings))
     existing = _existing(session, project, info.content_hash)
     if existing is not None:
-        return existing, False
-    return _record(session, project, _new_row(project, name or folder.name, info, source_path=str(folder)), store)
+        return _same_content(existing, run), False
+    _check_run_step(session, project, run)
+    row = _new_row(project, name or folder.name, info, source_path=str(folder), run=run)
+    return _record(session, project, row, store, run)
 
 
 def checkpoint_dir(store: ArtifactStore, checkpoint: Checkpoint) -> Path:

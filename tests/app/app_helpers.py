@@ -137,7 +137,7 @@ def page_ids(client: TestClient, path: str, headers: dict[str, str], limit: int)
 
 
 HUGE_OFFSETS = [2**31, 2**63 - 1, 2**63, 10**30]
-LIST_PATHS = ["/v1/evaluations", "/v1/checkpoints", "/v1/datasets"]
+LIST_PATHS = ["/v1/evaluations", "/v1/checkpoints", "/v1/datasets", "/v1/runs"]
 
 
 def assert_offsets_are_bounded(client: TestClient, headers: dict[str, str]) -> None:
