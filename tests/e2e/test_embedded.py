@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from app.db import make_engine, make_sessionmaker, upgrade_database
+from app.tokens.service import create_token
 from diffaudit.client import ApiError, Client
 from tests.faults import fault_message
 from workers.cli import free_port, wait_until_healthy
@@ -43,11 +45,13 @@ class EmbeddedServer:
             DIFFAUDIT_CACHE_DIR=str(tmp_path / "cache"),
             DIFFAUDIT_TORCH_THREADS=os.environ.get("DIFFAUDIT_TORCH_THREADS", "0"),
         )
-        subprocess.run([*CLI, "db", "upgrade"], env=self.env, cwd=ROOT, check=True, capture_output=True)
-        self.token = subprocess.run(
-            [*CLI, "token", "create", "--project", "e2e"],
-            env=self.env, cwd=ROOT, check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+        # what `diffaudit db upgrade` and `diffaudit token create` do, in this process (two interpreters fewer to start)
+        database_url = self.env["DIFFAUDIT_DATABASE_URL"]
+        upgrade_database(database_url)
+        engine = make_engine(database_url)
+        with make_sessionmaker(engine)() as session:
+            self.token = create_token(session, "e2e")
+        engine.dispose()
         self.log = tmp_path / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
