@@ -24,6 +24,7 @@ histograms of both groups as bin counts on shared edges.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -110,7 +111,7 @@ def membership_measures(members: np.ndarray, nonmembers: np.ndarray) -> dict[str
     return {
         "auc": roc_auc(members, nonmembers),
         "tpr_at_1pct_fpr": tpr_at_fpr(members, nonmembers, FPR_TARGETS[0]),
-        "tpr_at_0.1pct_fpr": tpr_at_fpr(members, nonmembers, FPR_TARGETS[1]),
+        "tpr_at_0_1pct_fpr": tpr_at_fpr(members, nonmembers, FPR_TARGETS[1]),
         "smallest_measurable_fpr": 1.0 / nonmembers.size,
         "n_members": int(members.size),
         "n_nonmembers": int(nonmembers.size),
@@ -235,7 +236,7 @@ def secmi_score(
     _check_timestep(timestep, alphas_cumprod, "secmi timestep")
     x = images.double()
     grid = list(range(0, timestep, interval))  # 0, k, ..., t_sec - k
-    for t_from, t_to in zip(grid, grid[1:], strict=False):
+    for t_from, t_to in itertools.pairwise(grid):
         x = ddim_step(unet, alphas_cumprod, x, labels, t_from, t_to)
     t = grid[-1]
     reconstructed = ddim_step(
