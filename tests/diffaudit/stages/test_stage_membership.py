@@ -149,3 +149,15 @@ def test_the_overfit_model_exposes_its_training_images(tiny_overfit_model: Path,
     aucs = {name: measures["auc"] for name, measures in summary["scores"].items()}
     assert aucs["denoising_loss"] > 0.72, aucs  # 0.79 measured; the built-in split (64 of 1437 trained on) gives ~0.5
     assert summary["most_exposed"][0]["index"] < OVERFIT_IMAGES
+
+
+def test_the_spec_refuses_what_cannot_run() -> None:
+    with pytest.raises(ValueError, match="names a score twice"):
+        EvaluationSpec(stages=("membership",), membership={"scores": ("pia", "pia")})
+    with pytest.raises(ValueError, match="multiple of secmi_interval"):
+        EvaluationSpec(stages=("membership",), membership={"secmi_timestep": 95})
+    with pytest.raises(ValueError, match="scores"):
+        EvaluationSpec(stages=("membership",), membership={"scores": ("lira",)})
+    spec = EvaluationSpec(stages=("membership",), membership={"scores": ("secmi", "volume_growth"), "vg_n_steps": 3})
+    assert spec.stages == ("membership",) and spec.membership.max_timestep() == 100
+    assert spec.membership.score_options("volume_growth") == {"n_axes": 1, "sigma": 0.05, "n_steps": 3, "seed": 0}
