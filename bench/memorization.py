@@ -12,8 +12,9 @@ draws) and, for reference, volume growth with one axis and one step (Hasegawa an
 Models: the demo architecture (diffaudit.demo.demo_unet: class-conditional UNet2DModel, 16x16x1) and the same
 architecture at 28x28, random weights (throughput does not depend on them), the demo's DDPM noise schedule.
 
-Threads, set deliberately: torch uses 2 threads. The machine has 2 cores shared with other work while this runs,
-so each figure is the best of a few repetitions, interleaved so that load hits all alike.
+Threads, set deliberately: torch uses 1 thread. The machine has 2 cores shared with other work while this runs (at
+a load of 10, two torch threads made single UNet calls up to 14x slower in one run and the ratios meaningless), so
+each figure is the best of a few repetitions, interleaved so that load hits all alike.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from diffaudit.demo import demo_scheduler, demo_unet
 from diffaudit.metrics.membership import ScoreName, batched_scores, score_function, unet_calls_per_batch
 from diffaudit.spec import MembershipSpec
 
-TORCH_THREADS = 2
+TORCH_THREADS = 1
 BATCH = 64  # images per score batch
 N_IMAGES = 128
 REPEATS = 4
@@ -42,10 +43,10 @@ def seconds(work: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def forward_work(unet: torch.nn.Module, call_size: int, n_calls: int) -> Callable[[], None]:
+def forward_work(unet: UNet2DModel, call_size: int, n_calls: int) -> Callable[[], None]:
     """n_calls UNet forward passes of call_size random images."""
     generator = torch.Generator().manual_seed(0)
-    size = unet.config["sample_size"]
+    size = int(unet.config["sample_size"])
     x = torch.randn(call_size, 1, size, size, generator=generator)
     labels = torch.randint(0, 10, (call_size,), generator=generator)
 
@@ -59,7 +60,7 @@ def forward_work(unet: torch.nn.Module, call_size: int, n_calls: int) -> Callabl
 
 def measured(unet: UNet2DModel, score: ScoreName, options: dict[str, Any]) -> tuple[float, float, int, int]:
     """(scores/s, ratio, UNet calls per batch, images per call) of one score on one model."""
-    size = unet.config["sample_size"]
+    size = int(unet.config["sample_size"])
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(N_IMAGES, size, size, 1), dtype=np.uint8)
     labels = np.arange(N_IMAGES) % 10
@@ -101,7 +102,8 @@ def main() -> None:
             verdict = "met" if ratio >= 0.8 else "NOT met"
             print(
                 f"{model_name:>10} | {label:<28} | {rate:8.1f} scores/s | {calls} UNet call(s) of {per_call} images "
-                f"per batch | ratio forward time / score time {ratio:.3f} (target >= 0.8: {verdict})"
+                f"per batch | ratio forward time / score time {ratio:.3f} (target >= 0.8: {verdict})",
+                flush=True,
             )
 
 
