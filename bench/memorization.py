@@ -33,8 +33,8 @@ from diffaudit.spec import MembershipSpec
 
 TORCH_THREADS = 1
 BATCH = 64  # images per score batch
-N_IMAGES = 128
-REPEATS = 4
+N_IMAGES = 256
+REPEATS = 8
 
 
 def seconds(work: Callable[[], object]) -> float:
