@@ -30,7 +30,7 @@ from diffusers.pipelines.ddpm.pipeline_ddpm import DDPMPipeline
 from diffaudit.checkpoints.sampling import sample_batches
 from diffaudit.checkpoints.schedulers import make_scheduler
 from diffaudit.datasets.digits import load_digits16
-from diffaudit.demo import DEMO_MODELS, DemoRecipe, train_demo
+from diffaudit.demo import DEMO_MODELS, DemoRecipe, demo_unet, train_demo
 from diffaudit.device import configure_threads
 from diffaudit.metrics.membership import ScoreName, batched_scores, membership_measures, score_function
 from diffaudit.metrics.memorization import extraction_test
@@ -84,19 +84,10 @@ def digits_at(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unet_at(size: int) -> UNet2DModel:
-    """The demo architecture (diffaudit.demo.demo_unet) at size x size."""
+    """The demo architecture (diffaudit.demo.demo_unet) at size x size, initialised from seed 0."""
+    config = {**demo_unet().config, "sample_size": size}
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=size,
-        in_channels=1,
-        out_channels=1,
-        num_class_embeds=10,
-        block_out_channels=(16, 32, 64),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
-    )
+    return UNet2DModel.from_config(config)
 
 
 def trained(model: Model, cache: Path) -> tuple[UNet2DModel, dict[str, Any]]:
