@@ -1,51 +1,40 @@
-"""Benchmark of the volume growth rate (Hasegawa and Yasuda Algorithm 1) against the UNet's own forward speed.
+"""Benchmark of the membership scores against the UNet forward passes they need, at equal batch sizes.
 
-Model: the demo architecture (diffaudit.demo.demo_unet: class-conditional UNet2DModel, 16x16x1,
-block_out_channels (32, 64, 64), layers_per_block 1, 10 classes) with random weights (throughput does not
-depend on them) and the demo's DDPM noise schedule. Data: the first images of the built-in digits.
+For the default membership score (diffaudit.spec.MembershipSpec: the denoising loss, its default timesteps and
+draws) and, for reference, volume growth with one axis and one step (Hasegawa and Yasuda, Algorithm 1):
+- scores per second through diffaudit.metrics.membership.batched_scores (uint8 conversion, seeded noise, UNet
+  calls, the arithmetic of the score), in batches of B images;
+- the UNet forward passes the same scores need, timed alone: exactly the calls the score makes (count and size):
+  the denoising loss makes len(timesteps) x n_draws calls of B images per batch, volume growth one call of
+  B (N + 1) images per step, so both sides run the UNet on the same batch sizes and the ratio measures the score's
+  own overhead, not batching;
+- ratio = forward time / score time (1.0 = the score costs nothing beyond its UNet calls); target >= 0.8.
+Models: the demo architecture (diffaudit.demo.demo_unet: class-conditional UNet2DModel, 16x16x1) and the same
+architecture at 28x28, random weights (throughput does not depend on them), the demo's DDPM noise schedule.
 
-Measured in one run and printed:
-- volume-growth scores per second with one axis and one step (the defaults), through
-  volume_growth_dataset (uint8 conversion, axes, UNet, ODE step, Gram-Schmidt included), batch B images;
-- UNet forward passes (images) per second with batches of 2B images (the size of the UNet call inside a
-  score batch: centre + one axis per image) and, for reference, with batches of B images;
-- volume growth's own overhead: the same scores with a zero-cost stand-in for the UNet, as a share of
-  a real score's time (insensitive to the machine's load);
-- the ratio of score throughput to half the forward throughput at 2B (each score needs two image
-  passes); target >= 0.8.
-
-Threads, set deliberately: torch uses 2 threads. The machine has 2 cores shared with other work while
-this runs, so each figure is the best of a few repetitions, interleaved so that load hits all alike.
+Threads, set deliberately: torch uses 1 thread. The machine has 2 cores shared with other work while this runs (at
+a load of 10, two torch threads made single UNet calls up to 14x slower in one run and the ratios meaningless), so
+each figure is the best of a few repetitions, interleaved so that load hits all alike.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
+from diffusers.models.unets.unet_2d import UNet2DModel
 
-from diffaudit.datasets.digits import load_digits16
 from diffaudit.demo import demo_scheduler, demo_unet
-from diffaudit.metrics.volume_growth import volume_growth_dataset
+from diffaudit.metrics.membership import ScoreName, batched_scores, score_function, unet_calls_per_batch
+from diffaudit.spec import MembershipSpec
 
-TORCH_THREADS = 2
+TORCH_THREADS = 1
 BATCH = 64  # images per score batch
 N_IMAGES = 256
-REPEATS = 4
-
-
-class ZeroEpsilon(torch.nn.Module):
-    """A UNet stand-in that costs nothing: what remains of a score's time is volume growth's own overhead."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None) -> Any:
-        return SimpleNamespace(sample=sample * self.weight)
+REPEATS = 8
 
 
 def seconds(work: Callable[[], object]) -> float:
@@ -54,50 +43,68 @@ def seconds(work: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def forward_work(unet: torch.nn.Module, batch: int, n_images: int) -> Callable[[], None]:
-    """UNet forward passes over n_images random images in batches of `batch`."""
+def forward_work(unet: UNet2DModel, call_size: int, n_calls: int) -> Callable[[], None]:
+    """n_calls UNet forward passes of call_size random images."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, 16, 16, generator=generator)
-    labels = torch.randint(0, 10, (batch,), generator=generator)
+    size = int(unet.config["sample_size"])
+    x = torch.randn(call_size, 1, size, size, generator=generator)
+    labels = torch.randint(0, 10, (call_size,), generator=generator)
 
     @torch.no_grad()
     def work() -> None:
-        for _ in range(n_images // batch):
-            unet(x, torch.tensor(0), class_labels=labels)
+        for _ in range(n_calls):
+            unet(x, torch.tensor(10), class_labels=labels)
 
     return work
 
 
-def main() -> None:
-    torch.set_num_threads(TORCH_THREADS)
-    torch.manual_seed(0)
-    unet = demo_unet().eval()
-    scheduler: Any = demo_scheduler()
-    config = dict(scheduler.config)
-    images, labels = load_digits16()
-    images, labels = images[:N_IMAGES], labels[:N_IMAGES]
-    runs: dict[str, Callable[[], object]] = {
-        "scores": lambda: volume_growth_dataset(unet, config, images, labels, batch_size=BATCH),
-        "overhead": lambda: volume_growth_dataset(ZeroEpsilon(), config, images, labels, batch_size=BATCH),
-        "forward_2b": forward_work(unet, 2 * BATCH, 2 * N_IMAGES),
-        "forward_b": forward_work(unet, BATCH, 2 * N_IMAGES),
+def measured(unet: UNet2DModel, score: ScoreName, options: dict[str, Any]) -> tuple[float, float, int, int]:
+    """(scores/s, ratio, UNet calls per batch, images per call) of one score on one model."""
+    size = int(unet.config["sample_size"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(N_IMAGES, size, size, 1), dtype=np.uint8)
+    labels = np.arange(N_IMAGES) % 10
+    score_fn = score_function(score, unet, dict(demo_scheduler().config), options)
+    steps = unet_calls_per_batch(score, options)
+    # volume growth sends the centre and the axes of every image in one call per step
+    per_call = BATCH * (options["n_axes"] + 1) if score == "volume_growth" else BATCH
+    calls = steps // (options["n_axes"] + 1) if score == "volume_growth" else steps
+    runs = {
+        "scores": lambda: batched_scores(score_fn, images, labels, batch_size=BATCH),
+        "forward": forward_work(unet, per_call, calls * N_IMAGES // BATCH),
     }
     for work in runs.values():  # warm-up
         work()
     best = {name: seconds(work) for name, work in runs.items()}
     for _ in range(REPEATS - 1):  # interleaved, so that the shared machine's load hits every figure alike
         best = {name: min(best[name], seconds(work)) for name, work in runs.items()}
-    score_rate = N_IMAGES / best["scores"]
-    forward_2b, forward_b = 2 * N_IMAGES / best["forward_2b"], 2 * N_IMAGES / best["forward_b"]
-    ratio = score_rate / (forward_2b / 2)
-    print(f"torch threads: {TORCH_THREADS}; demo architecture, random weights; {N_IMAGES} digits; best of {REPEATS}")
-    print(f"volume growth (N=1 axis, 1 step), batches of {BATCH} images: {score_rate:8.1f} scores/s")
-    print(f"UNet forward, batches of {2 * BATCH} images:                {forward_2b:8.1f} images/s")
-    print(f"UNet forward, batches of {BATCH} images:                 {forward_b:8.1f} images/s")
-    print(f"volume growth's own overhead (zero-cost UNet): {best['overhead'] / best['scores']:.2%} of a score's time")
-    verdict = "met" if ratio >= 0.8 else "NOT met"
-    print(f"ratio scores/s / (forward/s at {2 * BATCH} / 2): {ratio:.3f}  (target >= 0.8: {verdict})")
-    print(f"ratio scores/s / (forward/s at {BATCH} / 2):  {score_rate / (forward_b / 2):.3f}")
+    return N_IMAGES / best["scores"], best["forward"] / best["scores"], calls, per_call
+
+
+def main() -> None:
+    torch.set_num_threads(TORCH_THREADS)
+    torch.manual_seed(0)
+    spec = MembershipSpec()
+    default: ScoreName = spec.scores[0]
+    models = {
+        "demo 16x16": demo_unet().eval(),
+        "28x28": UNet2DModel.from_config({**demo_unet().config, "sample_size": 28}).eval(),
+    }
+    variants: dict[str, tuple[ScoreName, dict[str, Any]]] = {
+        f"{default} (default)": (default, spec.score_options(default)),
+        "volume growth N=1, 1 step": ("volume_growth", {"n_axes": 1, "sigma": 0.05, "n_steps": 1}),
+    }
+    print(f"torch threads: {TORCH_THREADS}; random weights; {N_IMAGES} images, batches of {BATCH}; best of {REPEATS}")
+    print(f"default score options: {spec.score_options(default)}")
+    for model_name, unet in models.items():
+        for label, (score, options) in variants.items():
+            rate, ratio, calls, per_call = measured(unet, score, options)
+            verdict = "met" if ratio >= 0.8 else "NOT met"
+            print(
+                f"{model_name:>10} | {label:<28} | {rate:8.1f} scores/s | {calls} UNet call(s) of {per_call} images "
+                f"per batch | ratio forward time / score time {ratio:.3f} (target >= 0.8: {verdict})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -112,13 +112,16 @@ def learning_rate_at(step: int, train_steps: int, peak: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_demo(recipe: DemoRecipe, train_steps: int, progress: bool) -> tuple[UNet2DModel, DDPMScheduler]:
-    """Train the demo UNet with the DDPM noise-prediction loss (Ho et al. 2020, Eq. 14), deterministically."""
+def train_demo(
+    recipe: DemoRecipe, train_steps: int, progress: bool, unet: UNet2DModel | None = None
+) -> tuple[UNet2DModel, DDPMScheduler]:
+    """Train the demo UNet (or `unet`, e.g. one for other image sizes) with the DDPM noise-prediction loss (Ho et al.
+    2020, Eq. 14), deterministically."""
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     images, labels = recipe.training_data()
     x0_all, labels_all = to_model_space(images), torch.from_numpy(labels).long()
-    unet, scheduler = demo_unet(), demo_scheduler()
+    unet, scheduler = unet or demo_unet(), demo_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.learning_rate)
     unet.train()
     bar = tqdm(range(train_steps), desc=f"training demo model {recipe.name!r}", disable=not progress)

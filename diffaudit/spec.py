@@ -27,6 +27,7 @@ STAGE_ORDER: tuple[str, ...] = (
     "balance",
     "novelty",
     "memorization",
+    "membership",
     "guided",
     "augmentation",
 )
@@ -109,6 +110,71 @@ class MemorizationSpec(_StageSpec):
     def requires(self) -> tuple[str, ...]:
         """Space features or both reads the features stage's output."""
         return ("sample",) if self.space == "pixels" else ("sample", "features")
+
+
+MembershipScore = Literal["volume_growth", "denoising_loss", "pia", "secmi"]
+
+
+class MembershipSpec(_StageSpec):
+    """The `membership` stage: membership-inference scores of training against held-out images (AUC, TPR at low
+    FPR), with volume growth (Hasegawa and Yasuda), the denoising loss, PIA (Kong et al.) and SecMI (Duan et al.).
+    Defaults chosen on the calibration family of docs/membership.md."""
+
+    scores: tuple[MembershipScore, ...] = Field(
+        ("denoising_loss",),
+        min_length=1,
+        max_length=4,
+        description="scores computed on the same images; the first one ranks the most exposed training images",
+    )
+    n_images: int = Field(
+        256, ge=2, le=100_000, description="training images and as many held-out images scored (seeded subsets)"
+    )
+    seed: Seed = Field(0, description="seed of the two subsets and of the denoising loss's noise")
+    batch_size: int = Field(64, ge=1, le=4096, description="images per UNet call")
+    vg_n_axes: int = Field(1, ge=1, le=4096, description="volume growth: orthogonal axes N around each image")
+    vg_sigma: float = Field(0.05, gt=0, le=1, description="volume growth: axis radius, in the model's [-1, 1] units")
+    vg_n_steps: int = Field(1, ge=1, le=10_000, description="volume growth: ODE steps T (one per training timestep)")
+    loss_timesteps: tuple[Annotated[int, Field(ge=0, le=9_999)], ...] = Field(
+        (200,), min_length=1, max_length=16, description="denoising loss: timesteps averaged over"
+    )
+    loss_draws: int = Field(4, ge=1, le=64, description="denoising loss: seeded noise draws per image and timestep")
+    pia_timestep: int = Field(100, ge=1, le=9_999, description="PIA: timestep t of the error (Kong et al.: 200)")
+    pia_p: float = Field(4.0, ge=1, le=16, description="PIA: p of the l_p norm (Kong et al.: 4)")
+    secmi_timestep: int = Field(100, ge=2, le=9_999, description="SecMI: t_sec (Duan et al.: 100)")
+    secmi_interval: int = Field(10, ge=1, le=1000, description="SecMI: DDIM step k (Duan et al.: 10)")
+    grid_images: int = Field(32, ge=1, le=1024, description="most exposed training images shown in the grid")
+
+    @model_validator(mode="after")
+    def _valid(self) -> MembershipSpec:
+        if len(set(self.scores)) != len(self.scores):
+            raise InvalidInput(f"membership.scores names a score twice: {list(self.scores)}")
+        if self.secmi_timestep % self.secmi_interval or self.secmi_timestep < 2 * self.secmi_interval:
+            raise InvalidInput("membership.secmi_timestep must be a multiple of secmi_interval and at least twice it")
+        return self
+
+    def requires(self) -> tuple[str, ...]:
+        """Scores the dataset's images with the checkpoint: no other stage."""
+        return ()
+
+    def score_options(self, score: MembershipScore) -> dict[str, object]:
+        """The keyword options of diffaudit.metrics.membership.score_function for `score`."""
+        if score == "volume_growth":
+            return {"n_axes": self.vg_n_axes, "sigma": self.vg_sigma, "n_steps": self.vg_n_steps, "seed": self.seed}
+        if score == "denoising_loss":
+            return {"timesteps": self.loss_timesteps, "n_draws": self.loss_draws, "seed": self.seed}
+        if score == "pia":
+            return {"timestep": self.pia_timestep, "p": self.pia_p}
+        return {"timestep": self.secmi_timestep, "interval": self.secmi_interval}
+
+    def max_timestep(self) -> int:
+        """The largest training timestep the chosen scores query."""
+        used = {
+            "volume_growth": self.vg_n_steps - 1,
+            "denoising_loss": max(self.loss_timesteps),
+            "pia": self.pia_timestep,
+            "secmi": self.secmi_timestep,
+        }
+        return max(used[s] for s in self.scores)
 
 
 GuidanceScale = Annotated[float, Field(ge=0, le=100)]
@@ -329,6 +395,7 @@ class EvaluationSpec(_Frozen):
     sample: SampleSpec = SampleSpec()
     features: FeaturesSpec = FeaturesSpec()
     memorization: MemorizationSpec = MemorizationSpec()
+    membership: MembershipSpec = MembershipSpec()
     guided: GuidedSpec = GuidedSpec()
     augmentation: AugmentationSpec = AugmentationSpec()
     novelty: NoveltySpec = NoveltySpec()

@@ -187,6 +187,10 @@ def check_batches(s: Submission) -> None:
     if "memorization" in stages:  # volume growth moves each image and its n_axes axes together
         memorization = spec.memorization
         _batch_values(s, "spec.memorization.batch_size", memorization.batch_size, generated, memorization.n_axes + 1)
+    if "membership" in stages:  # volume growth moves each image and its axes together, the other scores one image
+        membership = spec.membership
+        per_item = membership.vg_n_axes + 1 if "volume_growth" in membership.scores else 1
+        _batch_values(s, "spec.membership.batch_size", membership.batch_size, generated, per_item)
 
 
 # --- per stage -----------------------------------------------------------------------------------------
@@ -255,6 +259,30 @@ def check_memorization(s: Submission) -> None:
     if memorization.n_axes > dim:
         raise SpecRefused(
             "spec.memorization.n_axes", f"{memorization.n_axes} exceeds the image dimension {dim}; lower it"
+        )
+
+
+def check_membership(s: Submission) -> None:
+    membership = s.spec.membership
+    _need_images(s, "membership", "runs the model on training and held-out images")
+    if s.dataset.heldout_count < 1 or s.n_train < 1:
+        raise SpecRefused(
+            "dataset_id",
+            f"the membership stage compares training images with held-out images the model never saw: dataset "
+            f"{s.dataset.id} has {s.n_train} training and {s.dataset.heldout_count} held-out image(s); upload it "
+            "with heldout_fraction > 0 (and mark as held out only images that were NOT used to train the model)",
+        )
+    dim = prod(s.generated_shape)
+    if "volume_growth" in membership.scores and membership.vg_n_axes > dim:
+        raise SpecRefused(
+            "spec.membership.vg_n_axes", f"{membership.vg_n_axes} exceeds the image dimension {dim}; lower it"
+        )
+    timesteps = int(s.checkpoint.info.get("num_train_timesteps", 0))
+    if timesteps and membership.max_timestep() >= timesteps:
+        raise SpecRefused(
+            "spec.membership",
+            f"the chosen scores query timestep {membership.max_timestep()}, but the checkpoint was trained with "
+            f"{timesteps} timesteps (0..{timesteps - 1}); lower the score's timestep",
         )
 
 
@@ -355,6 +383,7 @@ STAGE_CHECKS: dict[str, Callable[[Submission], None]] = {
     "irs": check_irs,
     "novelty": check_novelty,
     "memorization": check_memorization,
+    "membership": check_membership,
     "balance": check_balance,
     "guided": check_guided,
     "augmentation": check_augmentation,

@@ -9,6 +9,7 @@ from diffaudit.stages.distribution import DistributionStage
 from diffaudit.stages.features import FeaturesStage
 from diffaudit.stages.guided import GuidedStage
 from diffaudit.stages.irs import IRSStage
+from diffaudit.stages.membership import MembershipStage
 from diffaudit.stages.memorization import MemorizationStage
 from diffaudit.stages.novelty import NoveltyStage
 from diffaudit.stages.sample import SampleStage
@@ -20,6 +21,7 @@ STAGES: dict[str, Stage] = {
         FeaturesStage(),
         GuidedStage(),
         MemorizationStage(),
+        MembershipStage(),
         NoveltyStage(),
         IRSStage(),
         BalanceStage(),

@@ -74,3 +74,26 @@ class DistributionSummary(StageSummary):
     intervals: dict[str, Interval]
     warnings: list[str] = []
     fid_per_class: dict[str, float] | None = None
+
+
+class MembershipMeasures(BaseModel):
+    """One membership score's measures (diffaudit.metrics.membership.membership_measures)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    auc: float
+    tpr_at_1pct_fpr: float
+    tpr_at_0_1pct_fpr: float
+    smallest_measurable_fpr: float
+    n_members: int
+    n_nonmembers: int
+
+
+class MembershipSummary(StageSummary):
+    """The membership stage's summary: measures per score, the most exposed training images, what it shows."""
+
+    n_members: int
+    n_nonmembers: int
+    scores: dict[str, MembershipMeasures]
+    most_exposed: list[dict[str, Any]]
+    statement: str

@@ -265,6 +265,23 @@ def test_stages_that_need_labels_a_held_out_split_or_classes(
         assert submit({"stages": stages}).status_code == 201, stages  # digits has what each needs
 
 
+def test_membership_needs_a_held_out_split_images_and_known_timesteps(
+    client: TestClient, auth: dict[str, str], submit: Submit
+) -> None:
+    no_split = upload_dataset(client, auth, images=grey(40), labels=np.arange(40) % 10)
+    assert_refused(submit({"stages": ["membership"]}, no_split), "dataset_id", "held-out images", "heldout_fraction")
+    features = upload_dataset(client, auth, heldout_fraction=0.25, features=np.ones((60, 256), dtype=np.float32))
+    assert_refused(submit({"stages": ["membership"]}, features), "dataset_id", "holds features only")
+    # the tiny checkpoint is trained with 100 timesteps: the default denoising-loss timestep 200 is beyond them
+    assert_refused(submit({"stages": ["membership"]}), "spec.membership", "timestep 200", "100 timesteps (0..99)")
+    late = {"stages": ["membership"], "membership": {"scores": ["pia"], "pia_timestep": 100}}
+    assert_refused(submit(late), "spec.membership", "timestep 100", "100 timesteps")
+    axes = {"stages": ["membership"], "membership": {"scores": ["volume_growth"], "vg_n_axes": 300}}
+    assert_refused(submit(axes), "spec.membership.vg_n_axes", "image dimension 256")
+    accepted = submit({"stages": ["membership"], "membership": {"loss_timesteps": [50]}})
+    assert accepted.status_code == 201 and accepted.json()["spec"]["stages"] == ["membership"]
+
+
 # --- the work of one batch ---------------------------------------------------------------------------------
 
 
@@ -284,6 +301,8 @@ def test_one_batch_is_bounded_by_the_server_setting(
     assert post({"stages": ["sample"], "sample": {"batch_size": 1024}}).status_code == 201
     growth = {"stages": ["memorization"], "memorization": {"batch_size": 1024, "n_axes": 3}}
     assert_refused(post(growth), "spec.memorization.batch_size", "1024 x 4 x 16x16x1", "at most 256")
+    membership = {"stages": ["membership"], "membership": {"scores": ["pia", "volume_growth"], "batch_size": 1024}}
+    assert_refused(post(membership), "spec.membership.batch_size", "1024 x 2 x 16x16x1", "at most 512")
     guided = {"stages": ["guided"], "features": {"batch_size": 64}, "guided": {"extractor": "squeezenet1_1"}}
     assert_refused(post(guided), "spec.guided.batch_size", "224x224x3", "at most 1")
 
