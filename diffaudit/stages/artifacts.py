@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from diffaudit.errors import InvalidInput
 from diffaudit.features.extractors import Extractor
 from diffaudit.features.registry import create_extractor
 from diffaudit.stages.base import StageContext
@@ -61,6 +62,21 @@ def class_labels(ctx: StageContext, items: np.ndarray) -> tuple[np.ndarray, np.n
     if ctx.dataset.labels is None or generated is None:
         return None
     return np.asarray(ctx.dataset.labels)[items], np.asarray(generated)
+
+
+def conditioning_labels(ctx: StageContext) -> np.ndarray | None:
+    """The dataset's labels to condition a class-conditional checkpoint on (None for an unconditional one)."""
+    n_classes = ctx.checkpoint.info.num_class_embeds
+    if n_classes is None:
+        return None
+    if ctx.dataset.labels is None:
+        raise InvalidInput("the checkpoint is class-conditional but the dataset has no labels to condition it on")
+    labels = np.asarray(ctx.dataset.labels)
+    if labels.size and int(labels.max()) >= n_classes:
+        raise InvalidInput(
+            f"the dataset has labels up to {int(labels.max())} but the checkpoint knows {n_classes} classes"
+        )
+    return labels
 
 
 def samples_before_rejection(ctx: StageContext) -> np.ndarray | None:

@@ -39,6 +39,7 @@ from diffaudit.metrics.membership import (
 )
 from diffaudit.plots.membership import histograms_png, roc_png
 from diffaudit.spec import MembershipScore, MembershipSpec
+from diffaudit.stages import artifacts
 from diffaudit.stages.base import Queue, StageContext
 from diffaudit.store import save_array
 
@@ -86,18 +87,6 @@ def subsets(ctx: StageContext, spec: MembershipSpec) -> tuple[np.ndarray, np.nda
     return np.sort(rng.choice(train, size=n, replace=False)), np.sort(rng.choice(heldout, size=n, replace=False))
 
 
-def conditioning_labels(checkpoint: Checkpoint, labels: np.ndarray | None) -> np.ndarray | None:
-    """The dataset's labels for a class-conditional checkpoint, None for an unconditional one."""
-    n_classes = checkpoint.info.num_class_embeds
-    if n_classes is None:
-        return None
-    if labels is None:
-        raise InvalidInput("the checkpoint is class-conditional but the dataset has no labels to condition it on")
-    if labels.size and int(labels.max()) >= n_classes:
-        raise InvalidInput(f"the dataset has labels up to {int(labels.max())} but the checkpoint knows {n_classes}")
-    return np.asarray(labels)
-
-
 def scores_of(
     ctx: StageContext, spec: MembershipSpec, score: MembershipScore, indices: np.ndarray, done_before: int, total: int
 ) -> np.ndarray:
@@ -107,7 +96,7 @@ def scores_of(
     n, batch_size = len(indices), spec.batch_size
     if ctx.job.exists(where.images_key):
         return np.asarray(where.drawn(n, batch_size))
-    labels = conditioning_labels(checkpoint, ctx.dataset.labels)
+    labels = artifacts.conditioning_labels(ctx)
     score_fn = score_function(score, checkpoint.unet, checkpoint.scheduler_config, spec.score_options(score))
     for start in range(where.first_missing(n, batch_size), n, batch_size):
         ctx.check_cancelled()

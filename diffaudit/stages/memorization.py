@@ -183,21 +183,6 @@ def chunk_key(start: int, what: str) -> str:
     return f"{CHUNKS_PREFIX}/{start:08d}_{what}.npy"
 
 
-def growth_labels(checkpoint: Checkpoint, dataset: Dataset) -> np.ndarray | None:
-    """The dataset's labels for a class-conditional checkpoint, None for an unconditional one."""
-    n_classes = checkpoint.info.num_class_embeds
-    if n_classes is None:
-        return None
-    if dataset.labels is None:
-        raise InvalidInput("the checkpoint is class-conditional but the dataset has no labels to condition it on")
-    labels = np.asarray(dataset.labels)
-    if labels.size and int(labels.max()) >= n_classes:
-        raise InvalidInput(
-            f"the dataset has labels up to {int(labels.max())} but the checkpoint knows {n_classes} classes"
-        )
-    return labels
-
-
 def score_training_images(ctx: StageContext, spec: MemorizationSpec, indices: np.ndarray) -> tuple[np.ndarray, Any]:
     """Volume growth (Hasegawa and Yasuda, Algorithm 1) of the dataset images `indices`, chunk by chunk; finished
     chunks are skipped."""
@@ -206,7 +191,7 @@ def score_training_images(ctx: StageContext, spec: MemorizationSpec, indices: np
     item_shape = (checkpoint.info.sample_size, checkpoint.info.sample_size, checkpoint.info.in_channels)
     if dataset.info.item_shape != item_shape:
         raise InvalidInput(f"the checkpoint makes {item_shape} images but the dataset's are {dataset.info.item_shape}")
-    labels = growth_labels(checkpoint, dataset)
+    labels = artifacts.conditioning_labels(ctx)
     options = {
         "n_axes": spec.n_axes,
         "sigma": spec.sigma,
