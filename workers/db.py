@@ -22,3 +22,11 @@ def session_scope() -> Iterator[Session]:
     """A session closed at the end; the service functions commit their own changes."""
     with _sessionmaker()() as session:
         yield session
+
+
+def discard_inherited_connections() -> None:
+    """In a forked process: forget the parent's pooled connections without closing them (they are the parent's)."""
+    if _sessionmaker.cache_info().currsize:
+        engine = _sessionmaker().kw["bind"]
+        engine.dispose(close=False)
+        _sessionmaker.cache_clear()
