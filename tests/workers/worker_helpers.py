@@ -1,4 +1,5 @@
-"""Helpers of the worker tests: worker processes started and killed, jobs polled."""
+"""Helpers of the worker tests (and bench/recovery.py): worker processes and a Redis server of their own started
+and killed, jobs polled."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import Settings
+from workers.cli import free_port
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -64,6 +66,15 @@ class Workers:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
 
+    def wait_ready(self, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+        """Until the worker logs that it consumes."""
+        log = self.log_dir / f"worker-{self.processes.index(process)}.log"
+        deadline = time.monotonic() + timeout
+        while " ready." not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start; see {log}")
+            time.sleep(0.2)
+
     def logs(self, tail: int = 4000) -> str:
         """The last `tail` characters of every worker's log."""
         return "\n".join(p.read_text(errors="replace")[-tail:] for p in sorted(self.log_dir.glob("worker-*.log")))
@@ -80,3 +91,37 @@ def wait_for(
             return job
         time.sleep(0.2)
     pytest.fail(f"timed out; last state {job}\n--- worker logs ---\n{workers.logs()}")
+
+
+class RedisServer:
+    """A redis-server of its own on a free port (never the shared 6379), persisted like docker-compose's (AOF),
+    that a test can shut down and start again on the same port and data folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        command += ["--appendonly", "yes", "--save", ""]
+        log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {self.folder / 'redis.log'}")
+            time.sleep(0.1)
+
+    def shutdown_nosave(self) -> None:
+        """`redis-cli shutdown nosave`: the server stops at once."""
+        assert self.process is not None
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
