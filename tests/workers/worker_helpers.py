@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from app.settings import Settings
 from workers.cli import free_port
@@ -81,7 +81,11 @@ class Workers:
 
 
 def wait_for(
-    api: TestClient, evaluation_id: str, done: Callable[[dict[str, Any]], bool], workers: Workers, timeout: float = 300
+    api: httpx.Client,
+    evaluation_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    workers: Workers,
+    timeout: float = 300,
 ) -> dict[str, Any]:
     """Poll the job until `done(job)`; fail with the worker logs on timeout."""
     deadline = time.monotonic() + timeout
