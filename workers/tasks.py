@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from app.checkpoints.service import checkpoint_dir
 from app.datasets.service import store_prefix as dataset_prefix
 from app.evaluations import service
@@ -44,7 +46,7 @@ from diffaudit.errors import InvalidInput
 from diffaudit.spec import EvaluationSpec
 from diffaudit.store import ArtifactStore, ScopedStore
 from workers.celery_app import celery_app
-from workers.db import session_scope
+from workers.db import retrying, session_scope
 from workers.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -103,9 +105,9 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str, lease: int =
             )
             summary = pipeline.run_stage(stage, ctx)
     except pipeline.Rejected as rejection:
-        with session_scope() as session:
-            results = {**pipeline.results_document(spec, ctx.results), "rejection": rejection.evidence}
-            service.finish(session, evaluation_id, REJECTED, results=results, error=rejection.reason)
+        results = {**pipeline.results_document(spec, ctx.results), "rejection": rejection.evidence}
+        reason = rejection.reason
+        retrying(lambda s: service.finish(s, evaluation_id, REJECTED, results=results, error=reason))
         return
     except pipeline.Cancelled:
         with session_scope() as session:
@@ -116,32 +118,29 @@ def run_evaluation_stage(self: Any, evaluation_id: str, stage: str, lease: int =
         return
     except InvalidInput as exc:  # the user's to fix: retrying cannot help
         log.info("evaluation %s failed in stage %s: %s", evaluation_id, stage, exc)
-        with session_scope() as session:
-            service.finish(session, evaluation_id, FAILED, error=f"stage {stage}: {exc}")
+        error = f"stage {stage}: {exc}"
+        retrying(lambda s: service.finish(s, evaluation_id, FAILED, error=error))
         return
     except Exception as exc:
         if self.request.retries < MAX_RETRIES:
             log.exception("evaluation %s stage %s crashed; retrying", evaluation_id, stage)
             retry = self.retry(args=(evaluation_id, stage, lease), exc=exc, countdown=RETRY_DELAY, throw=False)
-            with session_scope() as session:
-                service.release(session, evaluation_id, lease)
+            retrying(lambda s: service.release(s, evaluation_id, lease))
             raise retry from exc
         # A defect's text can hold server paths: the job names its type, the worker's log has the rest.
         log.exception("evaluation %s stage %s failed after %d attempts", evaluation_id, stage, MAX_RETRIES + 1)
-        with session_scope() as session:
-            message = (
-                f"stage {stage} failed after {MAX_RETRIES + 1} attempts with an internal error "
-                f"({type(exc).__name__}); the worker's log has the details"
-            )
-            service.finish(session, evaluation_id, FAILED, error=message)
+        message = (
+            f"stage {stage} failed after {MAX_RETRIES + 1} attempts with an internal error "
+            f"({type(exc).__name__}); the worker's log has the details"
+        )
+        retrying(lambda s: service.finish(s, evaluation_id, FAILED, error=message))
         return
 
-    with session_scope() as session:
-        service.record_stage_done(session, evaluation_id, stage, summary)
-        done = _done_stages(service.load_job(session, evaluation_id))
+    retrying(lambda s: service.record_stage_done(s, evaluation_id, stage, summary))
+    done = retrying(lambda s: _done_stages(service.load_job(s, evaluation_id)))
     if set(spec.stages) <= done:
-        with session_scope() as session:
-            service.finish(session, evaluation_id, SUCCEEDED, results=pipeline.results_document(spec, ctx.results))
+        results = pipeline.results_document(spec, ctx.results)
+        retrying(lambda s: service.finish(s, evaluation_id, SUCCEEDED, results=results))
     else:
         _hand_over(evaluation_id, spec, done, lease)
 
@@ -167,8 +166,7 @@ def _hand_over(evaluation_id: str, spec: EvaluationSpec, done: set[str], lease: 
     summary and ends the job. Dying between the two leaves a stale heartbeat: recovery sends the job again."""
     stage = next((s for s in spec.stages if s not in done), spec.stages[-1])
     enqueue("evaluations.stage", evaluation_id, stage, lease, queue=pipeline.get_stage(stage).queue)
-    with session_scope() as session:
-        service.release(session, evaluation_id, lease)
+    retrying(lambda s: service.release(s, evaluation_id, lease))
 
 
 def _finished_results(evaluation_id: str, spec: EvaluationSpec, store: ArtifactStore) -> dict[str, Any]:
@@ -176,13 +174,22 @@ def _finished_results(evaluation_id: str, spec: EvaluationSpec, store: ArtifactS
 
 
 def _record_progress(evaluation_id: str, stage: str, done: int, total: int) -> None:
-    with session_scope() as session:
-        service.record_progress(session, evaluation_id, stage, done, total)
+    """Progress is for display: while the database is away the stage goes on, and the next report catches up."""
+    try:
+        with session_scope() as session:
+            service.record_progress(session, evaluation_id, stage, done, total)
+    except OperationalError:
+        log.warning("evaluation %s: progress not recorded (database unreachable)", evaluation_id)
 
 
 def _cancel_requested(evaluation_id: str) -> bool:
-    with session_scope() as session:
-        return service.is_cancel_requested(session, evaluation_id)
+    """Whether the job was cancelled; not cancelled while the database is away (asked again at the next step)."""
+    try:
+        with session_scope() as session:
+            return service.is_cancel_requested(session, evaluation_id)
+    except OperationalError:
+        log.warning("evaluation %s: cancellation not checked (database unreachable)", evaluation_id)
+        return False
 
 
 PROGRESS_INTERVAL = 0.5  # seconds between two database writes of the same job's progress

@@ -1,5 +1,6 @@
-"""Faults a deployment meets, with the real processes: the broker restarted mid-job, the API process killed and
-started again while a job runs. Both use a Redis server of the test's own, never the shared one."""
+"""Faults a deployment meets, with the real processes: the broker restarted mid-job, the database unreachable
+mid-job, the API process killed and started again while a job runs. The broker is a Redis server of the test's
+own and the database is cut through a proxy of the test's own: the shared servers are never stopped."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
 from test_worker import SPEC, TERMINAL, artifact_array, stage, submit
-from worker_helpers import RedisServer, Workers, settings_env, wait_for
+from worker_helpers import RedisServer, TcpProxy, Workers, settings_env, wait_for
 
 from app.settings import Settings
 from workers.cli import free_port, wait_until_healthy
@@ -89,3 +91,30 @@ def test_a_job_runs_on_while_the_api_is_killed_and_started_again(
     finally:
         server.kill()
         server.wait(timeout=30)
+
+
+def test_a_job_completes_when_the_database_is_unreachable_mid_job(
+    api: TestClient, demo_checkpoint_id: str, worker_settings: Settings, tmp_path: Path
+) -> None:
+    url = make_url(worker_settings.database_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy.restore()
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    workers = Workers(worker_settings.model_copy(update={"database_url": through_proxy}), tmp_path)
+    try:
+        workers.start()
+        evaluation_id = submit(api, demo_checkpoint_id)
+        wait_for(api, evaluation_id, lambda j: stage(j, "sample")["done"] >= 8, workers)
+        proxy.cut()
+        time.sleep(5)
+        proxy.restore()
+        job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
+    finally:
+        workers.stop_all()
+        proxy.cut()
+    assert job["status"] == "succeeded", job
+    assert [s["status"] for s in job["stages"]] == ["done", "done"]
+    assert "database unreachable" in workers.logs(tail=10**6), "the workers did lose the database"
+    assert artifact_array(api, evaluation_id, "sample/images.npy").shape[0] == SPEC["sample"]["n"]
+    results = api.get(f"/v1/evaluations/{evaluation_id}/results").json()
+    assert set(results["stages"]) == {"sample", "features"}
