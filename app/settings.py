@@ -97,6 +97,13 @@ class Settings(BaseSettings):
                     raise ValueError(f"DIFFAUDIT_WEIGHTS_DIR must not overlap {name} (it holds every project's files)")
         return self
 
+    @model_validator(mode="after")
+    def _heartbeats_within_their_timeout(self) -> Settings:
+        """A live task must be able to beat at least twice before it is taken for dead."""
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ValueError("DIFFAUDIT_HEARTBEAT_TIMEOUT must be at least twice DIFFAUDIT_HEARTBEAT_INTERVAL")
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _use_psycopg3(cls, url: str) -> str:

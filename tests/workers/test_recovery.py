@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 from test_worker import QUICK_SPEC, SPEC, TERMINAL, stage, submit
@@ -90,3 +92,9 @@ def test_a_second_message_for_a_running_job_is_not_run(
     assert f"evaluation {evaluation_id}: lease {held - 1} is gone" in workers.logs(tail=10**6)
     assert "was taken over" not in workers.logs(tail=10**6)
     assert stage(job, "sample")["done"] == SPEC["sample"]["n"]
+
+
+def test_a_heartbeat_timeout_shorter_than_two_beats_is_refused() -> None:
+    with pytest.raises(ValidationError, match="DIFFAUDIT_HEARTBEAT_TIMEOUT must be at least twice"):
+        Settings(heartbeat_interval=5, heartbeat_timeout=9)
+    assert Settings(heartbeat_interval=5, heartbeat_timeout=10).heartbeat_timeout == 10
