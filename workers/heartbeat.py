@@ -11,6 +11,8 @@ import logging
 import threading
 from types import TracebackType
 
+from sqlalchemy.exc import OperationalError
+
 from app.evaluations import service
 from workers.db import session_scope
 
@@ -36,8 +38,8 @@ class Heartbeat:
             try:
                 with session_scope() as session:
                     holds = service.beat(session, self.evaluation_id, self.lease)
-            except Exception:  # the database is away: beat again at the next interval
-                log.warning("heartbeat of evaluation %s failed; retrying", self.evaluation_id, exc_info=True)
+            except OperationalError:  # beat again at the next interval
+                log.warning("evaluation %s: heartbeat not recorded (database unreachable)", self.evaluation_id)
                 continue
             if not holds:
                 self._lost.set()
