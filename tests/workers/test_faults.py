@@ -21,6 +21,9 @@ from worker_helpers import RedisServer, TcpProxy, Workers, settings_env, wait_fo
 from app.settings import Settings
 from workers.cli import free_port, wait_until_healthy
 
+# Long enough (about 10 s on a quiet machine) for the database to be cut while the sample stage runs.
+LONGER_SPEC = {**SPEC, "sample": {**SPEC["sample"], "n": 256, "steps": 50}}
+
 
 @pytest.fixture()
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
@@ -103,10 +106,11 @@ def test_a_job_completes_when_the_database_is_unreachable_mid_job(
     workers = Workers(worker_settings.model_copy(update={"database_url": through_proxy}), tmp_path)
     try:
         workers.start()
-        evaluation_id = submit(api, demo_checkpoint_id)
+        evaluation_id = submit(api, demo_checkpoint_id, LONGER_SPEC)
         wait_for(api, evaluation_id, lambda j: stage(j, "sample")["done"] >= 8, workers)
         proxy.cut()
         time.sleep(5)
+        assert api.get(f"/v1/evaluations/{evaluation_id}").json()["status"] == "running", "cut too late"
         proxy.restore()
         job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
     finally:
@@ -115,6 +119,6 @@ def test_a_job_completes_when_the_database_is_unreachable_mid_job(
     assert job["status"] == "succeeded", job
     assert [s["status"] for s in job["stages"]] == ["done", "done"]
     assert "database unreachable" in workers.logs(tail=10**6), "the workers did lose the database"
-    assert artifact_array(api, evaluation_id, "sample/images.npy").shape[0] == SPEC["sample"]["n"]
+    assert artifact_array(api, evaluation_id, "sample/images.npy").shape[0] == LONGER_SPEC["sample"]["n"]
     results = api.get(f"/v1/evaluations/{evaluation_id}/results").json()
     assert set(results["stages"]) == {"sample", "features"}

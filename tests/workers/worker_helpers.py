@@ -155,6 +155,8 @@ class TcpProxy:
 
     def cut(self) -> None:
         if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it (close alone does not)
             self._listener.close()
         for connection in self._sockets:
             with contextlib.suppress(OSError):
