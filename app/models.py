@@ -173,6 +173,10 @@ class Evaluation(Base):
     results: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Which task may run the job (workers/tasks.py): a task claims lease n from a message carrying n and
+    # holds n + 1; heartbeat_at is beaten by the holder, None while the job's next message waits in a queue.
+    lease: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    heartbeat_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -47,7 +47,17 @@ class Settings(BaseSettings):
     device: str | None = Field(default=None, description="torch device for workers; None = CUDA when present, else CPU")
     torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = all cores of this process")
     broker_visibility_timeout: int = Field(
-        default=6 * 3600, ge=1, description="seconds before an unacknowledged task is redelivered (Redis broker)"
+        default=300,
+        ge=1,
+        description="seconds before an unacknowledged task is redelivered (Redis broker); longer than "
+        "heartbeat_timeout + recovery_interval, so that recovery re-sends a dead worker's job first",
+    )
+    heartbeat_interval: float = Field(default=5.0, gt=0, description="seconds between two heartbeats of a running job")
+    heartbeat_timeout: float = Field(
+        default=60.0, gt=0, description="seconds without a heartbeat after which a running job's worker is dead"
+    )
+    recovery_interval: float = Field(
+        default=15.0, gt=0, description="seconds between two searches of every worker for jobs whose worker died"
     )
     worker_prefetch: int = Field(default=1, ge=1)
     demo_model_dir: Path = Path("./var/models")
@@ -91,6 +101,13 @@ class Settings(BaseSettings):
                 stored = folder.resolve()
                 if stored.is_relative_to(weights) or weights.is_relative_to(stored):
                     raise ValueError(f"DIFFAUDIT_WEIGHTS_DIR must not overlap {name} (it holds every project's files)")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeats_within_their_timeout(self) -> Settings:
+        """A live task must be able to beat at least twice before it is taken for dead."""
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ValueError("DIFFAUDIT_HEARTBEAT_TIMEOUT must be at least twice DIFFAUDIT_HEARTBEAT_INTERVAL")
         return self
 
     @field_validator("database_url")

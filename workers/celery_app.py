@@ -21,7 +21,7 @@ def create_celery() -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.worker_prefetch,
         worker_hijack_root_logger=False,
-        include=["workers.tasks"],
+        include=["workers.tasks", "workers.recovery"],
     )
     return celery
 

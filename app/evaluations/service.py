@@ -1,10 +1,11 @@
 """Evaluation jobs: creation and queries for the API, state changes for the workers.
 
 Every function takes a Session and commits its own change. Worker-facing functions
-(`load_job`, `mark_running`, `mark_stage_started`, `record_progress`, `record_stage_done`,
-`finish`, `is_cancel_requested`) are one transaction of a few statements, cheap enough to call
-on every batch. A job always ends with every stage row ended too: done, or as the job ended
-(failed, rejected, cancelled) for the stage that was running, skipped for those never started.
+(`load_job`, `claim`, `beat`, `release`, `take_over_stale`, `mark_running`, `mark_stage_started`,
+`record_progress`, `record_stage_done`, `finish`, `is_cancel_requested`) are one transaction
+of a few statements, cheap enough to call on every batch. A job always ends with every stage
+row ended too: done, or as the job ended (failed, rejected, cancelled) for the stage that was
+running, skipped for those never started.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -389,6 +391,65 @@ def mark_running(session: Session, evaluation_id: str) -> Evaluation:
     evaluation = load_job(session, evaluation_id)
     session.refresh(evaluation)
     return evaluation
+
+
+def claim(session: Session, evaluation_id: str, lease: int) -> Evaluation | None:
+    """Take the job for the task whose message carries `lease`: the job now holds lease + 1 and a fresh heartbeat,
+    and is marked running. None if the lease moved on (another task holds the job: the message is a duplicate or
+    was superseded by recovery) or the job ended."""
+    result = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.lease == lease, Evaluation.status.in_((QUEUED, RUNNING)))
+        .values(lease=lease + 1, heartbeat_at=utcnow())
+    )
+    session.commit()
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return None
+    return mark_running(session, evaluation_id)
+
+
+def beat(session: Session, evaluation_id: str, lease: int) -> bool:
+    """The holder of `lease` is alive. False if it no longer holds the job (taken over, or the job ended)."""
+    result = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.lease == lease, Evaluation.status == RUNNING)
+        .values(heartbeat_at=utcnow())
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release(session: Session, evaluation_id: str, lease: int) -> None:
+    """The holder of `lease` sent the job's next message: no heartbeat while it waits in a queue (unless the next
+    task claimed the job already)."""
+    session.execute(
+        update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.lease == lease).values(heartbeat_at=None)
+    )
+    session.commit()
+
+
+def take_over_stale(session: Session, stale_before: datetime) -> list[tuple[str, int]]:
+    """Running jobs whose holder last beat before `stale_before`, each taken over (lease + 1, fresh heartbeat) by
+    a compare-and-set on its lease, so that two recoverers never take the same job. Returns (job, new lease)."""
+    query = select(Evaluation.id, Evaluation.lease).where(
+        Evaluation.status == RUNNING, Evaluation.heartbeat_at < stale_before
+    )
+    taken = []
+    for evaluation_id, lease in session.execute(query).all():
+        result = session.execute(
+            update(Evaluation)
+            .where(
+                Evaluation.id == evaluation_id,
+                Evaluation.lease == lease,
+                Evaluation.status == RUNNING,
+                Evaluation.heartbeat_at < stale_before,
+            )
+            .values(lease=lease + 1, heartbeat_at=utcnow())
+        )
+        session.commit()
+        if result.rowcount:  # type: ignore[attr-defined]
+            taken.append((evaluation_id, lease + 1))
+    return taken
 
 
 def unfinished_job_ids(session: Session) -> list[str]:

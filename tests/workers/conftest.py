@@ -21,7 +21,10 @@ from app.tokens.service import create_token
 from diffaudit.client import zip_folder
 
 REDIS_URL = "redis://127.0.0.1:6379"
-VISIBILITY_TIMEOUT = 3  # seconds before a dead worker's task is redelivered
+# The recovery settings shortened (defaults: a beat every 5 s, dead after 60 s, searched every 15 s); the broker's
+# redelivery stays later than recovery, as with the defaults, so a resumed job was resumed by recovery.
+HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, RECOVERY_INTERVAL = 0.5, 3.0, 1.0
+VISIBILITY_TIMEOUT = 120  # seconds before a task not acknowledged is redelivered
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,6 +55,9 @@ def worker_settings(database_url: str, broker_url: str, tmp_path: Path) -> Setti
         cache_dir=tmp_path / "cache",
         weights_dir=tmp_path / "weights",
         broker_visibility_timeout=VISIBILITY_TIMEOUT,
+        heartbeat_interval=HEARTBEAT_INTERVAL,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        recovery_interval=RECOVERY_INTERVAL,
         torch_threads=1,
     )
 
