@@ -204,7 +204,7 @@ def meta_skeleton(component_class: Any, config: dict[str, Any], name: str, run: 
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, RuntimeError, AttributeError) as exc:
         raise InvalidCheckpoint(f"{name} does not describe a {what}: {exc}") from exc
     model.eval()
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 def unet_skeleton(config: dict[str, Any], sample_size: int, name: str) -> torch.nn.Module:

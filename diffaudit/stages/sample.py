@@ -1,5 +1,8 @@
 """The `sample` stage: N samples from the checkpoint with the spec's scheduler.
 
+Any kind of checkpoint: a latent model's latents are decoded batch by batch, so the images are the decoded
+ones; `guidance_scale` > 1 samples with classifier-free guidance (a model with a null class: DiT).
+
 Samples are drawn batch by batch through diffaudit.common.batches (resumable: a job killed mid-stage resumes at its
 first missing batch, with the same result) into `sample/images.npy` (N, H, W, C) uint8, with `sample/labels.npy`
 for class-conditional models and `sample/grid.png` (the first 64). With the irs stage's early rejection, every
@@ -45,8 +48,10 @@ def draw_samples(ctx: StageContext, on_batch: OnBatch | None = None) -> dict[str
     try:
         drawn = draw_resumable(
             where,
-            unet=checkpoint.unet,
+            unet=checkpoint.denoiser,
             scheduler=make_scheduler(spec.scheduler, checkpoint.scheduler_config),
+            guidance_scale=spec.guidance_scale,
+            autoencoder=checkpoint.autoencoder,
             n=spec.n,
             steps=spec.steps,
             seed=spec.seed,
@@ -66,11 +71,14 @@ def draw_samples(ctx: StageContext, on_batch: OnBatch | None = None) -> dict[str
     speed = drawn.new / drawn.seconds if drawn.new and drawn.seconds > 0 else None
     summary: dict[str, Any] = {
         "headline": f"{spec.n} samples with {spec.scheduler} ({spec.steps} steps)"
+        + (f", guidance scale {spec.guidance_scale:g}" if spec.guidance_scale > 1 else "")
         + (f", {speed:.1f} images/s" if speed is not None else ""),
         "n": spec.n,
         "scheduler": spec.scheduler,
         "steps": spec.steps,
         "seed": spec.seed,
+        "guidance_scale": spec.guidance_scale,
+        "kind": checkpoint.info.kind,
         "images_per_second": round(speed, 3) if speed is not None else None,
         "conditional": labels is not None,
     }

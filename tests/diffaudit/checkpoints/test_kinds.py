@@ -29,6 +29,7 @@ from tests.diffaudit.checkpoints.tiny_kinds import (
 )
 
 CPU = torch.device("cpu")
+LATENT = [LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE]
 
 
 def edit_json(path: Path, **changes: Any) -> None:
@@ -60,10 +61,10 @@ def copy_of(saved: dict[str, Path], tmp_path: Path) -> Any:
 @pytest.mark.parametrize(
     ("name", "kind", "components", "latent", "classes", "scaling"),
     [
-        ("ldm", "latent-unet", {"unet": "UNet2DModel", "vqvae": "VQModel"}, [LATENT_CHANNELS, 4, 4], None, 0.8),
-        ("ldm-kl", "latent-unet", {"unet": "UNet2DModel", "vae": "AutoencoderKL"}, [LATENT_CHANNELS, 4, 4], None, 0.5),
-        ("dit", "dit", {"transformer": "DiTTransformer2DModel", "vae": "AutoencoderKL"}, [2, 4, 4], 10, 0.5),
-        ("adm", "pixel-unet", {"unet": "UNet2DModel"}, [1, 8, 8], None, None),
+        ("ldm", "latent-unet", {"unet": "UNet2DModel", "vqvae": "VQModel"}, LATENT, None, 0.8),
+        ("ldm-kl", "latent-unet", {"unet": "UNet2DModel", "vae": "AutoencoderKL"}, LATENT, None, 0.5),
+        ("dit", "dit", {"transformer": "DiTTransformer2DModel", "vae": "AutoencoderKL"}, LATENT, 10, 0.5),
+        ("adm", "pixel-unet", {"unet": "UNet2DModel"}, [1, IMAGE_SIZE, IMAGE_SIZE], None, None),
     ],
 )
 def test_each_kind_is_detected_and_described(
@@ -80,7 +81,7 @@ def test_each_kind_is_detected_and_described(
     assert {folder: c["class"] for folder, c in info.components.items()} == components
     assert info.num_parameters == sum(c["num_parameters"] for c in info.components.values())
     assert info.latent_shape == latent
-    # the image the model produces: 8x8 grey whatever the latent space
+    # the image the model produces: 16x16 grey whatever the latent space
     assert (info.image_size, info.sample_size, info.in_channels, info.out_channels) == (IMAGE_SIZE, IMAGE_SIZE, 1, 1)
     assert info.num_class_embeds == classes
     assert info.null_class == (10 if kind == "dit" else None)
@@ -182,7 +183,7 @@ def test_latent_channels_must_fit_the_denoiser(copy_of: Any) -> None:
 
 
 def test_the_image_size_limit_bounds_the_decoded_images(saved: dict[str, Path]) -> None:
-    with pytest.raises(InvalidCheckpoint, match=r"sample_size 4 gives 8-pixel images \(x2 in the autoencoder\)"):
+    with pytest.raises(InvalidCheckpoint, match=r"sample_size 8 gives 16-pixel images \(x2 in the autoencoder\)"):
         validate_checkpoint_dir(saved["ldm"], CheckpointLimits(max_image_side=LATENT_SIZE + 2))
 
 

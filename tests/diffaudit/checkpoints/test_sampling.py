@@ -167,6 +167,8 @@ def test_sample_stage_stores_images_labels_and_grid(tmp_path: Path, conditional_
         "scheduler": "ddim",
         "steps": 3,
         "seed": 0,
+        "guidance_scale": 1.0,
+        "kind": "pixel-unet",
         "conditional": True,
         "class_counts": {"0": 4, "1": 3, "2": 3},
     }

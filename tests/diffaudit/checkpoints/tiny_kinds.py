@@ -1,7 +1,7 @@
 """Tiny checkpoints of every kind, built from configs with seeded random weights and saved with save_pretrained.
 
-Images are 8x8 grey (IMAGE_SIZE) like the tiny pixel models of tests/diffaudit/conftest.py; the
-autoencoders halve them once, to 2-channel 4x4 latents (LATENT_CHANNELS, LATENT_SIZE).
+Images are 16x16 grey (IMAGE_SIZE) like the built-in digits; the autoencoders halve them once, to
+2-channel 8x8 latents (LATENT_CHANNELS, LATENT_SIZE).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from diffusers.pipelines.dit.pipeline_dit import DiTPipeline
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
-IMAGE_SIZE, IMAGE_CHANNELS = 8, 1
-LATENT_SIZE, LATENT_CHANNELS = 4, 2
+IMAGE_SIZE, IMAGE_CHANNELS = 16, 1
+LATENT_SIZE, LATENT_CHANNELS = 8, 2
 TRAIN_STEPS = 100
 AUTOENCODER_OPTIONS: dict[str, Any] = {
     "in_channels": IMAGE_CHANNELS,
@@ -64,7 +64,7 @@ def tiny_dit(seed: int = 0, num_classes: int = 10, legacy: bool = False) -> torc
     """A DiT with learned sigma (out_channels = 2 x in_channels); legacy: the Transformer2DModel DiTPipeline saved."""
     torch.manual_seed(seed)
     dit_class = Transformer2DModel if legacy else DiTTransformer2DModel
-    return dit_class(  # type: ignore[no-any-return]
+    return dit_class(
         sample_size=LATENT_SIZE,
         patch_size=2,
         in_channels=LATENT_CHANNELS,
