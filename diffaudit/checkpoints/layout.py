@@ -8,7 +8,7 @@ Kinds (each a diffusers `save_pretrained` layout, safetensors only):
 - `dit`: a class-conditional DiTTransformer2DModel (or Transformer2DModel, as DiTPipeline saves it) in
   `transformer/`, with its autoencoder in `vae/`.
 
-The components are model_index.json's entries when it is present, the folders holding a config
+The components are model_index.json's entries when it lists any, the folders holding a config
 otherwise. A component diffaudit does not use (text_encoder/, safety_checker/, ...) is refused by name:
 silently ignoring it would audit a different model than the one the user trained.
 """
@@ -189,7 +189,8 @@ def detect_layout(path: Path) -> Layout:
         raise InvalidCheckpoint("the checkpoint folder does not exist or is not a folder")
     refuse_pickles(path)
     model_index = read_json_object(path / MODEL_INDEX_NAME, path) if (path / MODEL_INDEX_NAME).is_file() else None
-    components = declared_components(model_index) if model_index is not None else folder_components(path)
+    # model_index.json's components; its folders when it lists none (or is absent)
+    components = (declared_components(model_index) if model_index is not None else {}) or folder_components(path)
     if not components and (path / CONFIG_NAME).is_file():  # a flat UNet folder
         return Layout(path, "pixel-unet", component_files(path, ""), None, path / SCHEDULER_CONFIG_NAME, None)
     check_known(components)
