@@ -123,7 +123,10 @@ class Checkpoint:
     def unet(self) -> UNet2DModel:
         """The pixel-space UNet, for the analyses that run only on pixel-unet checkpoints."""
         if self.info.kind != "pixel-unet" or not isinstance(self.denoiser, UNet2DModel):
-            raise TypeError(f"a {self.info.kind} checkpoint has no pixel-space UNet; this analysis is pixel-only")
+            raise InvalidCheckpoint(
+                f"this analysis runs on pixel-space UNet checkpoints only, and this checkpoint is a {self.info.kind}; "
+                "remove the stage (docs/checkpoints.md lists which analyses run on which kind)"
+            )
         return self.denoiser
 
 

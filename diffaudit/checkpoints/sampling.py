@@ -15,7 +15,7 @@ convention). A latent model's latents are decoded through its autoencoder batch 
 (`decode_latents`, as LDMPipeline and DiTPipeline do).
 
 An optional per-step hook (`StepGuidance`, e.g. diffaudit.guidance.LowDensityGuidance) sees each
-step's noise prediction between the model call and scheduler.step: it may replace it and
+step's model output (as the scheduler will read it) between the model call and scheduler.step: it may replace it and
 return a shift added to the scheduler's x_{t-1}. Without a hook the loop is the plain sampler.
 
 `check_cancelled`, when given, is called before every denoising step and stops sampling by raising
@@ -179,13 +179,13 @@ def denoise(
             check_cancelled()
         model_input = scheduler.scale_model_input(x, t)
         output = model_output(denoiser, model_input, t, class_labels, guidance_scale)
-        noise, variance = output[:, : denoiser.channels], output[:, denoiser.channels :]
+        if not keep_variance:
+            output = output[:, : denoiser.channels]
         shift = None
         if guidance is not None:
             is_last = i == len(timesteps) - 1
-            noise, shift = guidance(scheduler, model_input, t, noise, class_labels, is_last)
-        step_input = torch.cat([noise, variance], dim=1) if keep_variance and variance.shape[1] else noise
-        x = scheduler.step(step_input, t, x, **step_options).prev_sample
+            output, shift = guidance(scheduler, model_input, t, output, class_labels, is_last)
+        x = scheduler.step(output, t, x, **step_options).prev_sample
         if shift is not None:
             x = x + shift
     return x

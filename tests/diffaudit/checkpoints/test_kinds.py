@@ -116,7 +116,9 @@ def test_every_component_is_loaded_with_its_saved_weights(saved: dict[str, Path]
         assert set(state) == set(saved_state)
         assert all(torch.equal(state[k], saved_state[k]) for k in saved_state)
         assert not model.training
-    with pytest.raises(TypeError, match="no pixel-space UNet"):
+    with pytest.raises(
+        InvalidCheckpoint, match=f"pixel-space UNet checkpoints only, and this checkpoint is a {checkpoint.info.kind}"
+    ):
         _ = checkpoint.unet
 
 

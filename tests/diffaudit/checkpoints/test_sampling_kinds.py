@@ -171,3 +171,26 @@ def test_sample_features_irs_run_on_latent_kinds(tmp_path: Path, kind: str) -> N
     images = np.load(tmp_path / "store/evaluations/k/sample/images.npy")
     assert images.shape == (24, IMAGE_SIZE, IMAGE_SIZE, 1) and images.dtype == np.uint8
     assert "irs" in stages and json.dumps(stages["irs"])
+
+
+@pytest.mark.parametrize(("name", "channels"), [("ddpm", 2), ("ddim", 1)])
+def test_a_step_hook_sees_the_output_the_scheduler_reads(
+    loaded: dict[str, Checkpoint], name: str, channels: int
+) -> None:
+    checkpoint, seen = loaded["adm"], list[int]()
+
+    def hook(
+        scheduler: Any,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        model_output: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        is_last: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        seen.append(model_output.shape[1])
+        return model_output, None
+
+    scheduler = make_scheduler(name, checkpoint.scheduler_config)
+    with torch.inference_mode():
+        denoise(checkpoint.denoiser, scheduler, seeds=[0], steps=2, class_labels=None, device=CPU, guidance=hook)
+    assert seen == [channels, channels]  # DDPM with a learned variance_type reads the variance itself
