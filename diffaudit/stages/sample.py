@@ -19,6 +19,7 @@ import numpy as np
 from diffaudit.checkpoints import Checkpoint, class_labels_for, make_scheduler
 from diffaudit.common import batches
 from diffaudit.common.batches import Batches, OnBatch, draw_resumable
+from diffaudit.errors import InvalidInput
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.stages.artifacts import (
     REJECTED_SAMPLES_KEY,
@@ -43,6 +44,11 @@ def draw_samples(ctx: StageContext, on_batch: OnBatch | None = None) -> dict[str
     """Draw (or resume drawing) the spec's samples batch by batch, store them, and summarise."""
     spec = ctx.spec.sample
     checkpoint: Checkpoint = ctx.checkpoint
+    if spec.guidance_scale > 1 and checkpoint.info.null_class is None:
+        raise InvalidInput(
+            f"sample.guidance_scale {spec.guidance_scale:g} asks for classifier-free guidance, but this checkpoint "
+            "has no null class (only a DiT has one); set it to 1"
+        )
     labels = class_labels_for(spec.n, checkpoint.info.num_class_embeds, spec.class_label)
     where = Batches(ctx.job, SAMPLES_KEY, SAMPLE_BATCHES_PREFIX)
     try:
