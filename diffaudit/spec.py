@@ -60,6 +60,13 @@ class SampleSpec(_StageSpec):
     class_label: int | None = Field(
         None, ge=0, description="class-conditional checkpoints: one class, or None to cycle through all classes"
     )
+    guidance_scale: float = Field(
+        1.0,
+        ge=1.0,
+        le=100.0,
+        description="classifier-free guidance scale (Ho and Salimans, arXiv:2207.12598), as DiTPipeline counts it: "
+        "1 = none; > 1 needs a checkpoint with a null class (a DiT)",
+    )
 
     def requires(self) -> tuple[str, ...]:
         return ()

@@ -65,7 +65,9 @@ class Submission:
 def check_submission(spec: EvaluationSpec, checkpoint: Checkpoint, dataset: Dataset, settings: Settings) -> None:
     """Refuse (SpecRefused, a 422) a spec that cannot run on this checkpoint, dataset and server."""
     submission = Submission(spec, checkpoint, dataset, settings)
+    check_kind(submission)
     check_class_label(submission)
+    check_guidance_scale(submission)
     check_image_shape(submission)
     check_extractors(submission)
     check_batches(submission)
@@ -76,6 +78,55 @@ def check_submission(spec: EvaluationSpec, checkpoint: Checkpoint, dataset: Data
 
 
 # --- every job ---------------------------------------------------------------------------------------
+
+
+# The stages whose implementation runs only on pixel-space models today, and why (docs/checkpoints.md).
+PIXEL_ONLY_STAGES = {
+    "novelty": "draws its solver table through the pixel-space sampler",
+    "memorization": "measures volume growth by running the denoiser on the training images, which a latent "
+    "model would need encoded into its latent space first",
+    "guided": "steers sampling with gradients of pixel-space networks, which a latent model would need through "
+    "its decoder",
+    "augmentation": "draws its extra samples through the pixel-space sampler",
+}
+# Volume growth reads the noise prediction straight from the denoiser, which a learned variance doubles.
+LEARNED_VARIANCE_UNSUPPORTED = {
+    "memorization": "measures volume growth from the denoiser's raw output, and this model also predicts its variance"
+}
+
+
+def checkpoint_kind(checkpoint: Checkpoint) -> str:
+    """The stored kind (checkpoints recorded before kinds existed are pixel-space UNets)."""
+    return str((checkpoint.info or {}).get("kind", "pixel-unet"))
+
+
+def check_kind(s: Submission) -> None:
+    """Refuse a stage that cannot run on the checkpoint's kind yet, saying why and what runs."""
+    kind = checkpoint_kind(s.checkpoint)
+    learned_variance = bool((s.checkpoint.info or {}).get("learned_variance"))
+    refused: dict[str, str] = {}
+    for stage in s.spec.stages:
+        why = PIXEL_ONLY_STAGES.get(stage) if kind != "pixel-unet" else None
+        if why is None and learned_variance:
+            why = LEARNED_VARIANCE_UNSUPPORTED.get(stage)
+        if why is not None:
+            refused[stage] = why
+    if refused:
+        raise SpecRefused(
+            "spec.stages",
+            f"stage(s) {list(refused)} do not run on checkpoint {s.checkpoint.id} ({kind}) yet: "
+            + "; ".join(f"{stage} {why}" for stage, why in refused.items())
+            + ". Remove them (docs/checkpoints.md lists which analyses run on which kind)",
+        )
+
+
+def check_guidance_scale(s: Submission) -> None:
+    if s.spec.sample.guidance_scale > 1 and (s.checkpoint.info or {}).get("null_class") is None:
+        raise SpecRefused(
+            "spec.sample.guidance_scale",
+            f"{s.spec.sample.guidance_scale:g} asks for classifier-free guidance, but checkpoint {s.checkpoint.id} "
+            "has no null class (only a DiT has one); set it to 1",
+        )
 
 
 def check_class_label(s: Submission) -> None:

@@ -192,7 +192,7 @@ def check_unet_2d_config(config: Mapping[str, Any], name: str) -> None:
     if class_name != UNet2DModel.__name__:
         raise InvalidCheckpoint(
             f"{name} describes a {class_name!r}, not a 'UNet2DModel': only unconditional or "
-            "class-conditional pixel-space UNet2DModel checkpoints are supported"
+            "class-conditional UNet2DModel denoisers are supported in unet/ (a DiT goes in transformer/)"
         )
     what = f"{name} does not describe a valid UNet2DModel"
     check_fields(config, UNET_2D_RULES, what)
@@ -210,13 +210,18 @@ def check_unet_2d_config(config: Mapping[str, Any], name: str) -> None:
                 f"{what}: every entry of block_out_channels {shown(channels)} must be divisible by {field} ({groups})"
             )
     check_attention_heads(full, what)
-    if full["out_channels"] != full["in_channels"]:
-        raise InvalidCheckpoint(
-            f"{name}: out_channels ({full['out_channels']}) must equal in_channels "
-            f"({full['in_channels']}); models predicting a learned variance are not supported"
-        )
+    check_output_channels(full["in_channels"], full["out_channels"], name)
     if full["time_embedding_type"] == "learned" and full["num_train_timesteps"] is None:
         raise InvalidCheckpoint(f"{what}: time_embedding_type 'learned' needs num_train_timesteps")
+
+
+def check_output_channels(in_channels: int, out_channels: int, name: str) -> None:
+    """A denoiser predicts the noise (in_channels), or the noise and a learned variance (2 * in_channels)."""
+    if out_channels not in (in_channels, 2 * in_channels):
+        raise InvalidCheckpoint(
+            f"{name}: out_channels ({out_channels}) must equal in_channels ({in_channels}), or twice it for a "
+            "model that also predicts its variance (ADM's learned variance, DiT's learned sigma)"
+        )
 
 
 def check_attention_heads(full: Mapping[str, Any], what: str) -> None:
@@ -273,3 +278,116 @@ def check_scheduler_fields(config: Mapping[str, Any], name: str) -> None:
         raise InvalidCheckpoint(f"{what}: trained_betas has {len(betas)} values for num_train_timesteps {steps}")
     if config.get("steps_offset", 0) >= steps:
         raise InvalidCheckpoint(f"{what}: steps_offset must be less than num_train_timesteps ({steps})")
+
+
+# ---------------------------------------------------------------- autoencoders (AutoencoderKL, VQModel)
+
+AUTOENCODER_RULES: dict[str, Rule] = {
+    "in_channels": CHANNELS,
+    "out_channels": CHANNELS,
+    "down_block_types": ListOf(OneOf(("DownEncoderBlock2D",)), 1, MAX_BLOCKS),
+    "up_block_types": ListOf(OneOf(("UpDecoderBlock2D",)), 1, MAX_BLOCKS),
+    "block_out_channels": ListOf(CHANNELS, 1, MAX_BLOCKS),
+    "layers_per_block": Integer(1, MAX_LAYERS_PER_BLOCK),
+    "act_fn": OneOf(("silu", "swish", "mish", "gelu", "relu")),
+    "latent_channels": CHANNELS,
+    "norm_num_groups": CHANNELS,
+    "sample_size": Nullable(Integer(1, MAX_CHANNELS)),
+    "scaling_factor": Number(0, 1e6, above_minimum=True),
+    "shift_factor": OneOf((None,)),  # SD3/Flux latents; diffaudit decodes latents / scaling_factor only
+    "latents_mean": OneOf((None,)),
+    "latents_std": OneOf((None,)),
+    "force_upcast": Boolean(),
+    "use_quant_conv": Boolean(),
+    "use_post_quant_conv": Boolean(),
+    "mid_block_add_attention": Boolean(),
+    # VQModel
+    "num_vq_embeddings": Integer(1, MAX_CLASSES),
+    "vq_embed_dim": Nullable(CHANNELS),
+    "norm_type": OneOf(("group", "spatial")),
+    "lookup_from_codebook": Boolean(),
+}
+
+
+def check_autoencoder_config(config: Mapping[str, Any], component_class: type, name: str) -> None:
+    """Every field of an AutoencoderKL or VQModel config, then the fields that must agree."""
+    what = f"{name} does not describe a valid {component_class.__name__}"
+    check_fields(config, AUTOENCODER_RULES, what)
+    full = with_defaults(config, component_class)
+    channels, down, up = full["block_out_channels"], full["down_block_types"], full["up_block_types"]
+    if not len(channels) == len(down) == len(up):
+        raise InvalidCheckpoint(
+            f"{what}: block_out_channels, down_block_types and up_block_types must have the same length; "
+            f"found {len(channels)}, {len(down)} and {len(up)}"
+        )
+    groups = full["norm_num_groups"]
+    if any(c % groups for c in channels):
+        raise InvalidCheckpoint(
+            f"{what}: every entry of block_out_channels {shown(channels)} must be divisible by "
+            f"norm_num_groups ({groups})"
+        )
+
+
+def autoencoder_latent_channels(config: Mapping[str, Any], component_class: type) -> int:
+    """Channels of the latents the decoder takes: a VQModel's vq_embed_dim when set, else latent_channels."""
+    full = with_defaults(config, component_class)
+    return int(full.get("vq_embed_dim") or full["latent_channels"])
+
+
+def autoencoder_downsampling(config: Mapping[str, Any], component_class: type) -> int:
+    """How many image pixels one latent pixel spans on a side: each block but the last halves the image."""
+    return int(2 ** (len(with_defaults(config, component_class)["block_out_channels"]) - 1))
+
+
+# ---------------------------------------------------------------- DiT (DiTTransformer2DModel, Transformer2DModel)
+
+DIT_RULES: dict[str, Rule] = {
+    "num_attention_heads": Integer(1, 1024),
+    "attention_head_dim": CHANNELS,
+    "in_channels": CHANNELS,
+    "out_channels": Nullable(CHANNELS),
+    "num_layers": Integer(1, 256),
+    "dropout": Number(0, 1),
+    "norm_num_groups": CHANNELS,
+    "attention_bias": Boolean(),
+    "sample_size": Integer(1, MAX_CHANNELS),
+    "patch_size": Integer(1, 64),
+    "activation_fn": OneOf(("gelu", "gelu-approximate", "geglu", "geglu-approximate")),
+    "num_embeds_ada_norm": Integer(1, MAX_CLASSES),
+    "upcast_attention": Boolean(),
+    "norm_type": OneOf(("ada_norm_zero",)),
+    "norm_elementwise_affine": Boolean(),
+    "norm_eps": Number(0, 1, above_minimum=True),
+    # Transformer2DModel as DiTPipeline saves it: the DiT configuration of a general class
+    "cross_attention_dim": OneOf((None,)),
+    "num_vector_embeds": OneOf((None,)),
+    "caption_channels": OneOf((None,)),
+    "use_additional_conditions": OneOf((None,)),
+    "use_linear_projection": Boolean(),
+    "only_cross_attention": Boolean(),
+    "double_self_attention": Boolean(),
+    "attention_type": OneOf(("default",)),
+    "interpolation_scale": Nullable(Number(0, 1e6, above_minimum=True)),
+}
+
+
+def check_dit_config(config: Mapping[str, Any], component_class: type, name: str) -> None:
+    """Every field of a DiT config (Peebles and Xie, arXiv:2212.09748), then the fields that must agree."""
+    what = f"{name} does not describe a valid class-conditional DiT ({component_class.__name__})"
+    check_fields(config, DIT_RULES, what)
+    full = with_defaults(config, component_class)
+    for field in ("sample_size", "patch_size", "num_embeds_ada_norm"):
+        if full.get(field) is None:
+            raise InvalidCheckpoint(f"{what}: {field} must be set")
+    if full["norm_type"] != "ada_norm_zero":
+        raise InvalidCheckpoint(f'{what}: norm_type is {shown(full["norm_type"])}; it must be "ada_norm_zero"')
+    if full["sample_size"] % full["patch_size"]:
+        raise InvalidCheckpoint(
+            f"{what}: sample_size ({full['sample_size']}) must be divisible by patch_size ({full['patch_size']})"
+        )
+    check_output_channels(full["in_channels"], dit_out_channels(full), name)
+
+
+def dit_out_channels(config: Mapping[str, Any]) -> int:
+    """A DiT's output channels: out_channels, or in_channels when it is null."""
+    return int(config.get("out_channels") or config["in_channels"])

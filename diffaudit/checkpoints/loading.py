@@ -1,17 +1,17 @@
-"""Load a diffusers UNet2DModel checkpoint safely: safetensors only, every check explicit.
+"""Load a diffusers checkpoint safely: safetensors only, every component checked explicitly.
 
-Accepted layouts:
-- a pipeline folder written by `DDPMPipeline.save_pretrained` (model_index.json optional):
-  unet/config.json, unet/diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json;
-- a flat folder: config.json, diffusion_pytorch_model.safetensors, scheduler_config.json.
+The layout says the kind (layout.py): a pixel-space UNet2DModel, a latent UNet2DModel with its
+autoencoder (VQModel or AutoencoderKL), or a class-conditional DiT with its AutoencoderKL; the
+scheduler config is `scheduler/scheduler_config.json` (a flat UNet folder keeps it beside config.json).
 
-Nothing is allocated before it is bounded: the configs' fields are checked first (configs.py), the
-model is then built on torch's meta device (no memory) and run once there on one image of its size,
-which proves it can run and counts its parameters against the limit; the weights file's tensor
-names and shapes are compared with the model's from the safetensors header alone. Only then are
-the weights read with `safetensors` and put into the model with `load_state_dict(strict=True)`,
-so nothing is silently skipped, initialised at random or unpickled (UNet2DModel.from_pretrained
-would fall back on .bin files and tolerate some missing keys).
+Nothing is allocated before it is bounded: the configs' fields are checked first (configs.py), then
+how the components fit (latent channels, image size, learned variance); each model is then built on
+torch's meta device (no memory) and run once there on one input of its size, which proves it can run
+and counts the parameters of all components against the limit; each weights file's tensor names and
+shapes are compared with its model's from the safetensors header alone. Only then are the weights
+read with `safetensors` and put into the models with `load_state_dict(strict=True)`, so nothing is
+silently skipped, initialised at random or unpickled (from_pretrained would fall back on .bin files
+and tolerate some missing keys).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -28,20 +28,41 @@ from diffusers.models.unets.unet_2d import UNet2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from diffaudit.checkpoints.configs import InvalidCheckpoint, check_scheduler_fields, check_unet_2d_config
+from diffaudit.checkpoints.configs import (
+    InvalidCheckpoint,
+    autoencoder_downsampling,
+    autoencoder_latent_channels,
+    check_autoencoder_config,
+    check_dit_config,
+    check_scheduler_fields,
+    check_unet_2d_config,
+    dit_out_channels,
+    with_defaults,
+)
+from diffaudit.checkpoints.layout import (
+    CONFIG_NAME,
+    MODEL_INDEX_NAME,
+    PICKLE_SUFFIXES,
+    SCHEDULER_CONFIG_NAME,
+    WEIGHTS_NAME,
+    ComponentFiles,
+    Kind,
+    Layout,
+    component_class,
+    detect_layout,
+    pickle_files_message,
+    read_id2label,
+    read_json_object,
+)
 
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-UNET_CONFIG_NAME = "config.json"
-SCHEDULER_CONFIG_NAME = "scheduler_config.json"
-MODEL_INDEX_NAME = "model_index.json"
 # The files a checkpoint consists of, at the top of its folder or one folder down; an upload keeps only these.
-CHECKPOINT_FILE_NAMES = frozenset({MODEL_INDEX_NAME, UNET_CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME})
+CHECKPOINT_FILE_NAMES = frozenset({MODEL_INDEX_NAME, CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME})
 DOWNLOADS_SETTING = "DIFFAUDIT_ALLOW_DOWNLOADS"
 MAX_NAMES_SHOWN = 5
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 DEFAULT_MAX_PARAMETERS = 1_000_000_000
 DEFAULT_MAX_IMAGE_SIDE = 1024
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 
 @dataclass(frozen=True)
@@ -54,7 +75,14 @@ class CheckpointLimits:
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """What the checks established about a checkpoint, JSON-able."""
+    """What the checks established about a checkpoint, JSON-able.
+
+    sample_size, in_channels and out_channels describe the images the model produces (for a latent
+    model, the decoder's; for learned variance, the image's channels, not the denoiser's output);
+    latent_shape is (channels, height, width) of what the denoiser denoises (the image itself for
+    pixel-unet). num_class_embeds is the number of classes (a DiT's num_embeds_ada_norm); null_class
+    the label of classifier-free guidance's unconditional input, when the model has one.
+    """
 
     content_hash: str
     num_parameters: int
@@ -65,6 +93,14 @@ class CheckpointInfo:
     prediction_type: str
     num_train_timesteps: int
     scheduler_class: str | None
+    kind: Kind = "pixel-unet"
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)  # folder -> {"class", "num_parameters"}
+    latent_shape: list[int] | None = None
+    image_size: int | None = None
+    learned_variance: bool = False
+    null_class: int | None = None
+    scaling_factor: float | None = None
+    id2label: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,34 +112,34 @@ class CheckpointInfo:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the UNet (eval mode, on its device) and the scheduler config it was trained with."""
+    """A loaded checkpoint: its denoiser and autoencoder (eval mode, on their device) and its noise schedule."""
 
-    unet: UNet2DModel
+    denoiser: torch.nn.Module  # UNet2DModel, DiTTransformer2DModel or Transformer2DModel
     scheduler_config: dict[str, Any]
     info: CheckpointInfo
+    autoencoder: torch.nn.Module | None = None  # AutoencoderKL or VQModel of a latent model
+
+    @property
+    def unet(self) -> UNet2DModel:
+        """The pixel-space UNet, for the analyses that run only on pixel-unet checkpoints."""
+        if self.info.kind != "pixel-unet" or not isinstance(self.denoiser, UNet2DModel):
+            raise InvalidCheckpoint(
+                f"this analysis runs on pixel-space UNet checkpoints only, and this checkpoint is a {self.info.kind}; "
+                "remove the stage (docs/checkpoints.md lists which analyses run on which kind)"
+            )
+        return self.denoiser
 
 
 @dataclass(frozen=True)
-class CheckpointFiles:
-    """The three files a checkpoint is made of, wherever the layout puts them."""
+class Component:
+    """A component built on the meta device, with what its checks established."""
 
-    root: Path
-    unet_config: Path
-    weights: Path
-    scheduler_config: Path
+    files: ComponentFiles
+    skeleton: torch.nn.Module
 
-    def name(self, path: Path) -> str:
-        """A file's path inside the checkpoint, as messages show it."""
-        return path.relative_to(self.root).as_posix()
-
-
-def pickle_files_message(names: Sequence[str]) -> str:
-    return (
-        f"checkpoint contains pickle-based file(s) {list(names[:MAX_NAMES_SHOWN])}, which can run code when loaded; "
-        "only safetensors weights are accepted. Convert it: load it with diffusers "
-        "(e.g. UNet2DModel.from_pretrained(folder) or DDPMPipeline.from_pretrained(folder)) and call "
-        "save_pretrained(new_folder, safe_serialization=True), then upload new_folder without the pickle files."
-    )
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.skeleton.parameters())
 
 
 def checkpoint_members(paths: Sequence[PurePosixPath]) -> list[PurePosixPath]:
@@ -121,60 +157,19 @@ def checkpoint_members(paths: Sequence[PurePosixPath]) -> list[PurePosixPath]:
     return [p for p in candidates if len(p.parts) <= max_depth]
 
 
-def locate_files(path: Path) -> CheckpointFiles:
-    """The checkpoint's files in the pipeline layout or the flat layout; refuses pickle files."""
-    if not path.is_dir():
-        raise InvalidCheckpoint("the checkpoint folder does not exist or is not a folder")
-    pickles = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise InvalidCheckpoint(pickle_files_message(pickles))
-    if (path / "unet" / UNET_CONFIG_NAME).is_file():
-        unet_dir, scheduler_config = path / "unet", path / "scheduler" / SCHEDULER_CONFIG_NAME
-    elif (path / UNET_CONFIG_NAME).is_file():
-        unet_dir, scheduler_config = path, path / SCHEDULER_CONFIG_NAME
-    else:
-        raise InvalidCheckpoint(
-            f"no UNet config in the checkpoint: expected unet/{UNET_CONFIG_NAME} (a diffusers pipeline folder) "
-            f"or {UNET_CONFIG_NAME} (a flat UNet folder)"
-        )
-    weights = unet_dir / WEIGHTS_NAME
-    if not weights.is_file():
-        raise InvalidCheckpoint(
-            f"missing weights {weights.relative_to(path).as_posix()}: the UNet weights must be one safetensors file "
-            "(save with save_pretrained(folder, safe_serialization=True))"
-        )
-    return CheckpointFiles(
-        root=path, unet_config=unet_dir / UNET_CONFIG_NAME, weights=weights, scheduler_config=scheduler_config
-    )
-
-
-def read_json_object(path: Path, root: Path) -> dict[str, Any]:
-    """A JSON file that must hold an object; errors name the file and the JSON error."""
-    name = path.relative_to(root).as_posix()
-    if not path.is_file():
-        raise InvalidCheckpoint(f"missing {name}")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidCheckpoint(f"{name} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InvalidCheckpoint(f"{name} must hold a JSON object, found {type(value).__name__}")
-    return value
-
-
-def content_hash(files: CheckpointFiles) -> str:
+def content_hash(layout: Layout) -> str:
     """sha256 over the sorted relative paths and bytes of the files the model is made of."""
     digest = hashlib.sha256()
-    for path in sorted((files.unet_config, files.weights, files.scheduler_config)):
-        digest.update(files.name(path).encode() + b"\0")
+    for path in layout.model_files():
+        digest.update(layout.name(path).encode() + b"\0")
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
 
 
-def square_sample_size(config: dict[str, Any], name: str, max_side: int | None) -> int:
-    """UNet2DModel's sample_size as one int (square images only), at most `max_side` when given."""
+def square_sample_size(config: dict[str, Any], name: str) -> int:
+    """A denoiser's sample_size as one int (square inputs only)."""
     size = config.get("sample_size")
     if isinstance(size, list | tuple) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
@@ -182,44 +177,94 @@ def square_sample_size(config: dict[str, Any], name: str, max_side: int | None) 
         raise InvalidCheckpoint(
             f"{name}: sample_size must be a positive integer (square images), found {json.dumps(size)}"
         )
-    if max_side is not None and size > max_side:
-        raise InvalidCheckpoint(
-            f"{name}: sample_size {size:,} is larger than this server's limit of {max_side:,} pixels on a side"
-        )
     return size
 
 
-def unet_skeleton(config: dict[str, Any], sample_size: int, name: str) -> UNet2DModel:
-    """The UNet2DModel on the meta device (no memory), after one forward pass there on one image.
+def check_image_side(latent_side: int, downsampling: int, name: str, limits: CheckpointLimits | None) -> int:
+    """The side of the images the model produces (latent side x the autoencoder's downsampling), within the limit."""
+    side = latent_side * downsampling
+    if limits is not None and side > limits.max_image_side:
+        images = (
+            "" if downsampling == 1 else f" gives {side:,}-pixel images (x{downsampling} in the autoencoder), which"
+        )
+        raise InvalidCheckpoint(
+            f"{name}: sample_size {latent_side:,}{images} is larger than this server's limit of "
+            f"{limits.max_image_side:,} pixels on a side"
+        )
+    return side
+
+
+def meta_skeleton(component_class: Any, config: dict[str, Any], name: str, run: Any, what: str) -> torch.nn.Module:
+    """The component built on the meta device (no memory), after `run(model)` there; InvalidCheckpoint if either fails.
 
     The pass runs shapes only; it refuses configs that build but cannot run (e.g. a sample_size the
-    down- and up-sampling path cannot return to, or class conditioning without num_class_embeds).
+    down- and up-sampling path cannot return to).
     """
-    what = f"{name} does not describe a UNet2DModel that can run on {sample_size}x{sample_size} images"
-    labels = None if config.get("num_class_embeds") is None else torch.zeros(1, dtype=torch.long)
     try:
         with torch.device("meta"), torch.no_grad():
-            unet = UNet2DModel.from_config(config)
-            image = torch.empty(1, unet.config["in_channels"], sample_size, sample_size)
-            unet(image, torch.zeros(1, dtype=torch.long), class_labels=labels)
-    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, RuntimeError) as exc:
-        raise InvalidCheckpoint(f"{what}: {exc}") from exc
-    return unet.eval()
+            model = component_class.from_config(config)
+            run(model)
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, RuntimeError, AttributeError) as exc:
+        raise InvalidCheckpoint(f"{name} does not describe a {what}: {exc}") from exc
+    model.eval()
+    return model
 
 
-def check_parameter_count(num_parameters: int, limits: CheckpointLimits | None) -> None:
-    if limits is not None and num_parameters > limits.max_parameters:
+def unet_skeleton(config: dict[str, Any], sample_size: int, name: str) -> torch.nn.Module:
+    """The UNet2DModel on the meta device, after one forward pass there on one input of its size."""
+    labels = None if config.get("num_class_embeds") is None else torch.zeros(1, dtype=torch.long)
+
+    def run(unet: Any) -> None:
+        unet(torch.empty(1, unet.config["in_channels"], sample_size, sample_size), torch.zeros(1), class_labels=labels)
+
+    what = f"UNet2DModel that can run on {sample_size}x{sample_size} images"
+    return meta_skeleton(UNet2DModel, config, name, run, what)
+
+
+def dit_skeleton(component_class: type, config: dict[str, Any], sample_size: int, name: str) -> torch.nn.Module:
+    """The DiT on the meta device, after one class-conditional forward pass there."""
+
+    def run(dit: Any) -> None:
+        x = torch.empty(1, dit.config["in_channels"], sample_size, sample_size)
+        dit(x, timestep=torch.zeros(1, dtype=torch.long), class_labels=torch.zeros(1, dtype=torch.long))
+
+    return meta_skeleton(component_class, config, name, run, f"DiT that can run on {sample_size}x{sample_size} latents")
+
+
+def autoencoder_skeleton(
+    component_class: type, config: dict[str, Any], latent_shape: tuple[int, int, int], name: str
+) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The autoencoder on the meta device and the (C, H, W) its decoder makes of one latent of latent_shape."""
+    decoded: list[tuple[int, ...]] = []
+
+    def run(autoencoder: Any) -> None:
+        decoded.append(tuple(autoencoder.decode(torch.empty(1, *latent_shape)).sample.shape[1:]))
+
+    what = f"{component_class.__name__} that can decode {'x'.join(map(str, latent_shape))} latents"
+    return meta_skeleton(component_class, config, name, run, what), decoded[0]
+
+
+def check_parameter_count(components: dict[str, Component], limits: CheckpointLimits | None) -> int:
+    """The parameters of all components, within the server's limit."""
+    total = sum(c.num_parameters for c in components.values())
+    if limits is not None and total > limits.max_parameters:
+        what = (
+            "the UNet"
+            if len(components) == 1
+            else "the model (" + ", ".join(f"{c.files.folder}: {c.num_parameters:,}" for c in components.values()) + ")"
+        )
         raise InvalidCheckpoint(
-            f"the UNet has {num_parameters:,} parameters, more than this server's limit of "
+            f"{what} has {total:,} parameters, more than this server's limit of "
             f"{limits.max_parameters:,}; upload a smaller model"
         )
+    return total
 
 
-def read_safetensors_shapes(files: CheckpointFiles) -> dict[str, tuple[int, ...]]:
+def read_safetensors_shapes(weights: Path, name: str) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from the weights file's JSON header, without reading any tensor."""
-    unreadable = f"{files.name(files.weights)} is not a readable safetensors file"
-    size = files.weights.stat().st_size
-    with files.weights.open("rb") as f:
+    unreadable = f"{name} is not a readable safetensors file"
+    size = weights.stat().st_size
+    with weights.open("rb") as f:
         header_bytes = int.from_bytes(f.read(8), "little")
         if size < 8 or header_bytes > min(size - 8, MAX_HEADER_BYTES):
             raise InvalidCheckpoint(f"{unreadable}: its header length is invalid")
@@ -242,7 +287,9 @@ def read_safetensors_shapes(files: CheckpointFiles) -> dict[str, tuple[int, ...]
     return shapes
 
 
-def check_weights_match(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+def check_weights_match(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], folder: str = ""
+) -> None:
     """The weights' tensor names and shapes are the model's, or InvalidCheckpoint naming the differences."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -261,17 +308,17 @@ def check_weights_match(expected: dict[str, tuple[int, ...]], found: dict[str, t
         if names
     ]
     if problems:
+        where = f"{folder}/ " if folder else ""
         raise InvalidCheckpoint(
-            "weights do not match config.json: " + "; ".join(problems) + ". Check that config.json and the "
+            f"{where}weights do not match config.json: " + "; ".join(problems) + ". Check that config.json and the "
             "safetensors file come from the same model."
         )
 
 
-def read_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
+def read_weights(weights: Path, name: str) -> dict[str, torch.Tensor]:
     """The safetensors state dict, refusing NaN or infinite values."""
-    name = files.name(files.weights)
     try:
-        state = load_file(files.weights)
+        state = load_file(weights)
     except SafetensorError as exc:
         raise InvalidCheckpoint(f"{name} is not a readable safetensors file: {exc}") from exc
     for key, tensor in state.items():
@@ -280,10 +327,19 @@ def read_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(skeleton: UNet2DModel, state: dict[str, torch.Tensor]) -> UNet2DModel:
-    """The meta-device model with the weights as its tensors (cast to the model's dtypes), strictly."""
+def load_weights(skeleton: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The meta-device model with the weights as its tensors (cast to the model's dtypes), strictly.
+
+    A model with buffers outside its state dict (DiT's fixed positional embedding) is built on the CPU
+    instead, so they hold their values; its weights are then loaded strictly over the initial ones.
+    """
     dtypes = {key: tensor.dtype for key, tensor in skeleton.state_dict().items()}
-    skeleton.load_state_dict({key: tensor.to(dtypes[key]) for key, tensor in state.items()}, strict=True, assign=True)
+    weights = {key: tensor.to(dtypes[key]) for key, tensor in state.items()}
+    if any(name not in dtypes for name, _ in skeleton.named_buffers()):
+        model: torch.nn.Module = type(skeleton).from_config(skeleton.config)  # type: ignore[attr-defined]
+        model.load_state_dict(weights, strict=True)
+        return model
+    skeleton.load_state_dict(weights, strict=True, assign=True)
     return skeleton
 
 
@@ -298,37 +354,168 @@ def check_scheduler_config(config: dict[str, Any], name: str) -> None:
         raise InvalidCheckpoint(f"{name} does not describe a usable noise schedule: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Denoiser:
+    """The denoiser's config checked, with what it establishes: latent (C, H, W), classes, learned variance."""
+
+    files: ComponentFiles
+    component_class: type
+    config: dict[str, Any]
+    latent_shape: tuple[int, int, int]
+    num_classes: int | None
+    null_class: int | None
+    learned_variance: bool
+
+    def skeleton(self, name: str) -> torch.nn.Module:
+        size = self.latent_shape[1]
+        if self.component_class is UNet2DModel:
+            return unet_skeleton(self.config, size, name)
+        return dit_skeleton(self.component_class, self.config, size, name)
+
+
+def check_denoiser(layout: Layout, scheduler_config: dict[str, Any]) -> Denoiser:
+    """The denoiser's config, field by field, and its learned variance against the noise schedule."""
+    files = layout.denoiser
+    name = layout.name(files.config)
+    config = read_json_object(files.config, layout.root)
+    cls = component_class(config, files.folder, name)
+    size = square_sample_size(config, name)
+    if cls is UNet2DModel:
+        check_unet_2d_config(config, name)
+        full = with_defaults(config, UNet2DModel)
+        in_channels, out_channels, classes, null = (
+            full["in_channels"],
+            full["out_channels"],
+            full["num_class_embeds"],
+            None,
+        )
+    else:
+        check_dit_config(config, cls, name)
+        full = with_defaults(config, cls)
+        in_channels, out_channels = full["in_channels"], dit_out_channels(full)
+        classes = full["num_embeds_ada_norm"]
+        null = classes  # DiT's label embedding keeps one more row for the dropped label (arXiv:2212.09748, Sec. 3.2)
+    learned_variance = out_channels == 2 * in_channels
+    variance_type = scheduler_config.get("variance_type")
+    if learned_variance and cls is UNet2DModel and variance_type not in LEARNED_VARIANCE_TYPES:
+        raise InvalidCheckpoint(
+            f"{name}: out_channels ({out_channels}) is twice in_channels, a learned variance, but "
+            f"{layout.name(layout.scheduler_config)} has variance_type {json.dumps(variance_type)}; "
+            f"set it to one of {list(LEARNED_VARIANCE_TYPES)}"
+        )
+    return Denoiser(files, cls, config, (in_channels, size, size), classes, null, learned_variance)
+
+
+@dataclass(frozen=True)
+class Autoencoder:
+    """The autoencoder's config checked, and the image (C, side) its decoder makes of the denoiser's latents."""
+
+    files: ComponentFiles
+    component_class: type
+    config: dict[str, Any]
+    downsampling: int
+    image_channels: int
+    scaling_factor: float
+
+
+def check_autoencoder(layout: Layout, denoiser: Denoiser) -> Autoencoder | None:
+    """The autoencoder's config, field by field, and its fit with the denoiser's latents."""
+    files = layout.autoencoder
+    if files is None:
+        return None
+    name = layout.name(files.config)
+    config = read_json_object(files.config, layout.root)
+    cls = component_class(config, files.folder, name)
+    check_autoencoder_config(config, cls, name)
+    latent_channels = autoencoder_latent_channels(config, cls)
+    if latent_channels != denoiser.latent_shape[0]:
+        field = "vq_embed_dim" if config.get("vq_embed_dim") else "latent_channels"
+        raise InvalidCheckpoint(
+            f"{name}: {field} is {latent_channels}, but {layout.name(denoiser.files.config)} denoises "
+            f"{denoiser.latent_shape[0]}-channel latents (in_channels); they must be equal"
+        )
+    full = with_defaults(config, cls)
+    return Autoencoder(
+        files,
+        cls,
+        config,
+        autoencoder_downsampling(config, cls),
+        int(full["out_channels"]),
+        float(full["scaling_factor"]),
+    )
+
+
+def build_components(
+    layout: Layout, denoiser: Denoiser, autoencoder: Autoencoder | None, image_side: int
+) -> dict[str, Component]:
+    """Every component on the meta device; the decoder must make image_side images of the latents."""
+    components = {"denoiser": Component(denoiser.files, denoiser.skeleton(layout.name(denoiser.files.config)))}
+    if autoencoder is not None:
+        name = layout.name(autoencoder.files.config)
+        skeleton, decoded = autoencoder_skeleton(
+            autoencoder.component_class, autoencoder.config, denoiser.latent_shape, name
+        )
+        expected = (autoencoder.image_channels, image_side, image_side)
+        if decoded != expected:
+            raise InvalidCheckpoint(
+                f"{name}: its decoder makes {decoded} images of {denoiser.latent_shape} latents; "
+                f"expected {expected} (its downsampling x the latent size)"
+            )
+        components["autoencoder"] = Component(autoencoder.files, skeleton)
+    return components
+
+
+def load_component(layout: Layout, component: Component) -> torch.nn.Module:
+    """The component with its weights: names and shapes from the header first, then strictly loaded."""
+    name = layout.name(component.files.weights)
+    expected = {key: tuple(tensor.shape) for key, tensor in component.skeleton.state_dict().items()}
+    check_weights_match(expected, read_safetensors_shapes(component.files.weights, name), component.files.folder)
+    return load_weights(component.skeleton, read_weights(component.files.weights, name)).eval()
+
+
 def read_checkpoint(path: Path, limits: CheckpointLimits | None) -> Checkpoint:
-    """Every check, each before anything it bounds is allocated, then the model with its weights (on the CPU)."""
-    files = locate_files(path)
-    unet_config = read_json_object(files.unet_config, files.root)
-    scheduler_config = read_json_object(files.scheduler_config, files.root)
-    unet_name = files.name(files.unet_config)
-    check_unet_2d_config(unet_config, unet_name)
-    sample_size = square_sample_size(unet_config, unet_name, None if limits is None else limits.max_image_side)
-    check_scheduler_config(scheduler_config, files.name(files.scheduler_config))
-    skeleton = unet_skeleton(unet_config, sample_size, unet_name)
-    num_parameters = sum(p.numel() for p in skeleton.parameters())
-    check_parameter_count(num_parameters, limits)
-    expected = {key: tuple(tensor.shape) for key, tensor in skeleton.state_dict().items()}
-    check_weights_match(expected, read_safetensors_shapes(files))
-    unet = load_weights(skeleton, read_weights(files))
+    """Every check, each before anything it bounds is allocated, then the models with their weights (on the CPU)."""
+    layout = detect_layout(path)
+    scheduler_config = read_json_object(layout.scheduler_config, layout.root)
+    check_scheduler_config(scheduler_config, layout.name(layout.scheduler_config))
+    denoiser = check_denoiser(layout, scheduler_config)
+    autoencoder = check_autoencoder(layout, denoiser)
+    latent_channels, latent_side, _ = denoiser.latent_shape
+    downsampling = 1 if autoencoder is None else autoencoder.downsampling
+    image_side = check_image_side(latent_side, downsampling, layout.name(denoiser.files.config), limits)
+    components = build_components(layout, denoiser, autoencoder, image_side)
+    num_parameters = check_parameter_count(components, limits)
+    models = {role: load_component(layout, component) for role, component in components.items()}
+    image_channels = latent_channels if autoencoder is None else autoencoder.image_channels
     info = CheckpointInfo(
-        content_hash=content_hash(files),
+        content_hash=content_hash(layout),
         num_parameters=num_parameters,
-        sample_size=sample_size,
-        in_channels=int(unet.config["in_channels"]),
-        out_channels=int(unet.config["out_channels"]),
-        num_class_embeds=unet.config["num_class_embeds"],
+        sample_size=image_side,
+        in_channels=image_channels,
+        out_channels=image_channels,
+        num_class_embeds=denoiser.num_classes,
         prediction_type=str(scheduler_config.get("prediction_type", "epsilon")),
         num_train_timesteps=int(scheduler_config.get("num_train_timesteps", 1000)),
         scheduler_class=scheduler_config.get("_class_name"),
+        kind=layout.kind,
+        components={
+            c.files.folder or "unet": {"class": type(c.skeleton).__name__, "num_parameters": c.num_parameters}
+            for c in components.values()
+        },
+        latent_shape=list(denoiser.latent_shape),
+        image_size=image_side,
+        learned_variance=denoiser.learned_variance,
+        null_class=denoiser.null_class,
+        scaling_factor=None if autoencoder is None else autoencoder.scaling_factor,
+        id2label=read_id2label(layout.model_index, denoiser.num_classes),
     )
-    return Checkpoint(unet=unet.eval(), scheduler_config=scheduler_config, info=info)
+    return Checkpoint(
+        denoiser=models["denoiser"], scheduler_config=scheduler_config, info=info, autoencoder=models.get("autoencoder")
+    )
 
 
 def validate_checkpoint_dir(path: Path, limits: CheckpointLimits | None = None) -> CheckpointInfo:
-    """Check a checkpoint folder completely (layout, configs, limits, weights) and describe it.
+    """Check a checkpoint folder completely (layout, configs, fit, limits, weights) and describe it.
 
     `limits` default to CheckpointLimits(); the service passes the server's.
     """
@@ -336,13 +523,15 @@ def validate_checkpoint_dir(path: Path, limits: CheckpointLimits | None = None) 
 
 
 def load_checkpoint(path: Path, device: torch.device, limits: CheckpointLimits | None = None) -> Checkpoint:
-    """The validated checkpoint with its UNet in eval mode on `device`.
+    """The validated checkpoint with its models in eval mode on `device`.
 
     Without `limits`, parameters and image size are not bounded (a stored checkpoint was bounded
     when it was uploaded); every other check runs.
     """
     checkpoint = read_checkpoint(path, limits)
-    checkpoint.unet.to(device)  # type: ignore[arg-type]  # diffusers wraps Module.to; mypy misreads it
+    checkpoint.denoiser.to(device)
+    if checkpoint.autoencoder is not None:
+        checkpoint.autoencoder.to(device)
     return checkpoint
 
 

@@ -83,6 +83,8 @@ def draw_resumable(
     class_labels: np.ndarray | None,
     device: Any,
     guidance: Any = None,
+    guidance_scale: float = 1.0,
+    autoencoder: Any = None,
     on_batch: OnBatch | None = None,
     report: ReportFn = lambda done, total: None,
     check_cancelled: Callable[[], None] = lambda: None,
@@ -113,6 +115,8 @@ def draw_resumable(
         device=device,
         start=resume_at,
         guidance=guidance,
+        guidance_scale=guidance_scale,
+        autoencoder=autoencoder,
         check_cancelled=check_cancelled,
     )
     started = time.perf_counter()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from diffaudit.checkpoints import load_checkpoint, make_scheduler
 from diffaudit.checkpoints.sampling import class_labels_for, denoise, sample_batches, to_uint8_images
+from diffaudit.errors import InvalidInput
 from diffaudit.imaging import image_grid, png_bytes
 from diffaudit.pipeline import Cancelled, Rejected, StageContext, get_stage
 from diffaudit.spec import EvaluationSpec
@@ -167,6 +168,8 @@ def test_sample_stage_stores_images_labels_and_grid(tmp_path: Path, conditional_
         "scheduler": "ddim",
         "steps": 3,
         "seed": 0,
+        "guidance_scale": 1.0,
+        "kind": "pixel-unet",
         "conditional": True,
         "class_counts": {"0": 4, "1": 3, "2": 3},
     }
@@ -243,3 +246,9 @@ def test_png_bytes_round_trip() -> None:
     images = np.random.default_rng(0).integers(0, 256, (4, 5, 5, 1), dtype=np.uint8)
     grid = image_grid(images, scale=1)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(grid)))), np.asarray(grid))
+
+
+def test_guidance_without_a_null_class_is_invalid_input(tmp_path: Path, conditional_dir: Path) -> None:
+    ctx = stage_context(tmp_path, conditional_dir, guidance_scale=2.0)
+    with pytest.raises(InvalidInput, match="no null class"):
+        SampleStage().run(ctx)
