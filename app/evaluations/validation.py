@@ -85,13 +85,16 @@ PIXEL_ONLY_STAGES = {
     "novelty": "draws its solver table through the pixel-space sampler",
     "memorization": "measures volume growth by running the denoiser on the training images, which a latent "
     "model would need encoded into its latent space first",
+    "membership": "scores training and held-out images by running the denoiser on them, which a latent model "
+    "would need encoded into its latent space first",
     "guided": "steers sampling with gradients of pixel-space networks, which a latent model would need through "
     "its decoder",
     "augmentation": "draws its extra samples through the pixel-space sampler",
 }
 # Volume growth reads the noise prediction straight from the denoiser, which a learned variance doubles.
 LEARNED_VARIANCE_UNSUPPORTED = {
-    "memorization": "measures volume growth from the denoiser's raw output, and this model also predicts its variance"
+    "memorization": "measures volume growth from the denoiser's raw output, and this model also predicts its variance",
+    "membership": "scores images from the denoiser's raw output, and this model also predicts its variance",
 }
 
 

@@ -62,7 +62,7 @@ def test_a_component_diffaudit_does_not_use_is_refused_at_upload(
     assert "['text_encoder'] that diffaudit does not use" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("stage", ["novelty", "memorization", "guided", "augmentation"])
+@pytest.mark.parametrize("stage", ["novelty", "memorization", "membership", "guided", "augmentation"])
 def test_pixel_only_stages_are_refused_on_latent_kinds(
     client: TestClient, auth: dict[str, str], zips: dict[str, bytes], stage: str
 ) -> None:
@@ -76,11 +76,12 @@ def test_pixel_only_stages_are_refused_on_latent_kinds(
         assert f"'{stage}'" in error["message"]  # augmentation also names novelty, its prerequisite
 
 
-def test_memorization_is_refused_on_a_learned_variance_model(
-    client: TestClient, auth: dict[str, str], zips: dict[str, bytes]
+@pytest.mark.parametrize("stage", ["memorization", "membership"])
+def test_raw_output_stages_are_refused_on_a_learned_variance_model(
+    client: TestClient, auth: dict[str, str], zips: dict[str, bytes], stage: str
 ) -> None:
     checkpoint_id = uploaded(client, auth, zips["adm"])["id"]
-    response = submit(client, auth, checkpoint_id, {"stages": ["memorization"]})
+    response = submit(client, auth, checkpoint_id, {"stages": [stage]})
     assert response.status_code == 422 and "also predicts its variance" in response.json()["error"]["message"]
     assert submit(client, auth, checkpoint_id, {"stages": ["irs"]}).status_code == 201
 
