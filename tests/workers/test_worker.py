@@ -17,6 +17,7 @@ from worker_helpers import Workers, wait_for
 from app.evaluations import service
 from app.evaluations.service import job_prefix
 from app.settings import Settings
+from diffaudit.datasets.digits import load_digits16
 from diffaudit.features.registry import TORCHVISION_MODELS
 from diffaudit.pipeline import result_key
 from diffaudit.store import LocalStore, ScopedStore, save_json
@@ -32,8 +33,9 @@ SPEC: dict[str, Any] = {
 QUICK_SPEC: dict[str, Any] = {**SPEC, "sample": {"n": 8, "steps": 2, "batch_size": 8}}
 
 
-def submit(api: TestClient, checkpoint_id: str, spec: dict[str, Any] = SPEC) -> str:
-    response = api.post("/v1/evaluations", json={"checkpoint_id": checkpoint_id, "dataset_id": "digits", "spec": spec})
+def submit(api: TestClient, checkpoint_id: str, spec: dict[str, Any] = SPEC, dataset_id: str = "digits") -> str:
+    body = {"checkpoint_id": checkpoint_id, "dataset_id": dataset_id, "spec": spec}
+    response = api.post("/v1/evaluations", json=body)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -201,9 +203,15 @@ def test_a_job_loads_extractor_weights_from_the_operators_weights_folder(
     torch.manual_seed(3)
     path = worker_settings.weights_dir / "squeezenet.safetensors"
     save_file(TORCHVISION_MODELS["squeezenet1_1"].build().state_dict(), path)
+    # 64 digits, not all 1,797: squeezenet at 224x224 on one CPU thread is what this test would spend its time on
+    images, labels = load_digits16()
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images[:64], labels=labels[:64])
+    response = api.post("/v1/datasets", files={"file": ("digits64.npz", buffer.getvalue())}, data={"name": "digits64"})
+    assert response.status_code == 201, response.text
     workers.start()
     spec = {**QUICK_SPEC, "features": {"extractor": "squeezenet1_1", "weights": "squeezenet.safetensors"}}
-    evaluation_id = submit(api, demo_checkpoint_id, spec)
+    evaluation_id = submit(api, demo_checkpoint_id, spec, dataset_id=response.json()["id"])
     job = wait_for(api, evaluation_id, lambda j: j["status"] in TERMINAL, workers)
     assert job["status"] == "succeeded", job
     features = api.get(f"/v1/evaluations/{evaluation_id}/results").json()["stages"]["features"]
