@@ -122,11 +122,34 @@ def train_demo(
     images, labels = recipe.training_data()
     x0_all, labels_all = to_model_space(images), torch.from_numpy(labels).long()
     unet, scheduler = unet or demo_unet(), demo_scheduler()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.learning_rate)
+    desc = f"training demo model {recipe.name!r}"
+    train_noise_prediction(
+        unet, scheduler, x0_all, labels_all, train_steps, generator, desc,
+        batch_size=recipe.batch_size, learning_rate=recipe.learning_rate, progress=progress,
+    )  # fmt: skip
+    return unet.eval(), scheduler
+
+
+def train_noise_prediction(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    x0_all: torch.Tensor,
+    labels_all: torch.Tensor,
+    train_steps: int,
+    generator: torch.Generator,
+    desc: str,
+    *,
+    batch_size: int,
+    learning_rate: float,
+    progress: bool,
+) -> None:
+    """Train `unet` in place on `x0_all` (with class labels) with the DDPM noise-prediction loss (Ho et al. 2020,
+    Eq. 14): AdamW, warm-up then cosine decay, batches drawn from `generator`."""
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
     unet.train()
-    bar = tqdm(range(train_steps), desc=f"training demo model {recipe.name!r}", disable=not progress)
+    bar = tqdm(range(train_steps), desc=desc, disable=not progress)
     for step in bar:
-        index = torch.randint(len(x0_all), (recipe.batch_size,), generator=generator)
+        index = torch.randint(len(x0_all), (batch_size,), generator=generator)
         x0, y = x0_all[index], labels_all[index]
         noise = torch.randn(x0.shape, generator=generator)
         t = cast(
@@ -134,12 +157,11 @@ def train_demo(
         )
         loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample, noise)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, train_steps, recipe.learning_rate)
+            group["lr"] = learning_rate_at(step, train_steps, learning_rate)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return unet.eval(), scheduler
 
 
 def demo_folder_name(name: str, train_steps: int | None) -> str:

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,14 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from tqdm import tqdm
 
 from diffaudit.datasets.digits import DIGITS_SIZE
-from diffaudit.demo import NUM_DIGIT_CLASSES, all_digits, demo_scheduler, learning_rate_at, to_model_space
+from diffaudit.demo import (
+    NUM_DIGIT_CLASSES,
+    all_digits,
+    demo_scheduler,
+    learning_rate_at,
+    to_model_space,
+    train_noise_prediction,
+)
 
 LATENT_RECIPE_VERSION = 1  # bump when the recipe or the architecture changes: cached models are then retrained
 LATENT_CHANNELS = 2
@@ -99,21 +105,11 @@ def train_latent_unet(
 ) -> tuple[UNet2DModel, DDPMScheduler]:
     """The latent UNet with the DDPM noise-prediction loss (Ho et al. 2020, Eq. 14)."""
     unet, scheduler = latent_demo_unet(), demo_scheduler()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=UNET_LEARNING_RATE)
-    unet.train()
-    for step in tqdm(range(steps), desc="training the digits-latent UNet", disable=not progress):
-        index = torch.randint(len(latents), (BATCH_SIZE,), generator=generator)
-        z0, y = latents[index], labels[index]
-        noise = torch.randn(z0.shape, generator=generator)
-        t = cast(
-            torch.IntTensor, torch.randint(scheduler.config["num_train_timesteps"], (len(z0),), generator=generator)
-        )
-        loss = F.mse_loss(unet(scheduler.add_noise(z0, noise, t), t, class_labels=y).sample, noise)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, steps, UNET_LEARNING_RATE)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    desc = "training the digits-latent UNet"
+    train_noise_prediction(
+        unet, scheduler, latents, labels, steps, generator, desc,
+        batch_size=BATCH_SIZE, learning_rate=UNET_LEARNING_RATE, progress=progress,
+    )  # fmt: skip
     return unet.eval(), scheduler
 
 

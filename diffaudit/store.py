@@ -8,6 +8,7 @@ mid-write leaves either the old state or the new one.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -228,6 +229,15 @@ def load_array(store: ArtifactStore, key: str, mmap: bool = True) -> np.ndarray:
 
 def save_json(store: ArtifactStore, key: str, value: Any) -> None:
     store.put_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def save_csv(store: ArtifactStore, key: str, header: list[str], rows: list[list[Any]]) -> None:
+    """A table as CSV (one header line, then the rows)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    store.put_bytes(key, buffer.getvalue().encode())
 
 
 def load_json(store: ArtifactStore, key: str) -> Any:

@@ -18,8 +18,6 @@ equals an uninterrupted run.
 
 from __future__ import annotations
 
-import csv
-import io
 from math import prod
 from typing import Any
 
@@ -41,7 +39,7 @@ from diffaudit.plots.membership import histograms_png, roc_png
 from diffaudit.spec import MembershipScore, MembershipSpec
 from diffaudit.stages import artifacts
 from diffaudit.stages.base import Queue, StageContext
-from diffaudit.store import save_array
+from diffaudit.store import save_array, save_csv
 
 PREFIX = "membership"
 SUMMARY_LISTED = 10  # most exposed training images listed in the summary (the CSV has all members)
@@ -116,14 +114,6 @@ def scores_of(
     return scores
 
 
-def csv_text(header: list[str], rows: list[list[Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
 def most_exposed(ctx: StageContext, spec: MembershipSpec, members: np.ndarray, scores: np.ndarray) -> list[Any]:
     """The members by descending score: grid of the first grid_images, CSV of all; the first few for the summary."""
     order = np.argsort(-scores, kind="stable")
@@ -134,7 +124,7 @@ def most_exposed(ctx: StageContext, spec: MembershipSpec, members: np.ndarray, s
 
     ranked = [(rank, int(members[p]), float(scores[p])) for rank, p in enumerate(order, 1)]
     rows = [[index, label(index), repr(score), rank] for rank, index, score in ranked]
-    ctx.job.put_bytes(f"{PREFIX}/most_exposed.csv", csv_text(["index", "label", "score", "rank"], rows))
+    save_csv(ctx.job, f"{PREFIX}/most_exposed.csv", ["index", "label", "score", "rank"], rows)
     ctx.job.put_bytes(
         f"{PREFIX}/most_exposed.png", png_bytes(image_grid(ctx.dataset.images[members[order[: spec.grid_images]]]))
     )

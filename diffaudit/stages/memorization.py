@@ -29,9 +29,7 @@ the rejected model's most telling evidence, the training images it copies, is sh
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 from typing import Any
 
@@ -53,7 +51,7 @@ from diffaudit.plots.memorization import curve_png, histogram_png
 from diffaudit.spec import MemorizationSpec
 from diffaudit.stages import artifacts
 from diffaudit.stages.base import Queue, StageContext
-from diffaudit.store import load_array, save_array
+from diffaudit.store import load_array, save_array, save_csv
 
 PREFIX = "memorization"
 GROWTH_PREFIX = f"{PREFIX}/volume_growth"
@@ -107,14 +105,6 @@ def pairs_grid(samples: np.ndarray, training: np.ndarray, extraction: Extraction
     return png_bytes(image_grid(pairs.reshape(-1, *samples.shape[1:]), ncols=2 * per_row))
 
 
-def csv_text(header: list[str], rows: list[list[Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
 def class_name(dataset: Dataset, index: int) -> str:
     labels, names = dataset.labels, dataset.info.class_names
     return "" if labels is None or names is None else names[int(labels[index])]
@@ -148,7 +138,7 @@ def extraction_in(ctx: StageContext, spec: MemorizationSpec, space: str, samples
             f"{prefix}/copied_training_images.png", png_bytes(image_grid(images[copied[: spec.grid_images]]))
         )
     rows = [[int(i), class_name(dataset, int(i)), int(c)] for i, c in zip(copied, copies, strict=True)]
-    ctx.job.put_bytes(f"{prefix}/copied_training_images.csv", csv_text(["index", "label", "copies"], rows))
+    save_csv(ctx.job, f"{prefix}/copied_training_images.csv", ["index", "label", "copies"], rows)
     summary = extraction.summary()
     summary["copied_training_images"] = summary["copied_training_images"][:SUMMARY_LISTED]
     result: dict[str, Any] = {"extraction": summary}
@@ -252,7 +242,7 @@ def volume_growth_in(ctx: StageContext, spec: MemorizationSpec) -> dict[str, Any
     rows = [
         [int(indices[p]), class_name(dataset, int(indices[p])), repr(float(scores[p])), int(rank[p])] for p in order
     ]
-    ctx.job.put_bytes(f"{GROWTH_PREFIX}/scores.csv", csv_text(["index", "label", "score", "rank"], rows))
+    save_csv(ctx.job, f"{GROWTH_PREFIX}/scores.csv", ["index", "label", "score", "rank"], rows)
     images = dataset.images
     top, bottom = order[: spec.grid_images], order[::-1][: spec.grid_images]
     ctx.job.put_bytes(f"{GROWTH_PREFIX}/top.png", png_bytes(image_grid(images[indices[top]])))
