@@ -252,7 +252,8 @@ def with_baseline(verdict: Verdict, comparison: dict[str, Any] | None, baseline:
         return replace(verdict, criteria=[*verdict.criteria, *extra])
     gated = [m for m in comparison["metrics"] if BASELINE_METRICS.get(m["metric"]) in asked]
     if not gated:
-        return Verdict("error", f"the comparison with baseline {baseline} measured no gated criterion", {}, verdict.evaluation)
+        reason = f"the comparison with baseline {baseline} measured no gated criterion"
+        return Verdict("error", reason, {}, verdict.evaluation)
     judged = [*verdict.criteria, *(baseline_criterion(m, baseline) for m in gated)]
     return judged_verdict(judged, verdict.evidence, verdict.evaluation, verdict.reason)
 
