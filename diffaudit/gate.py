@@ -9,6 +9,10 @@ other criteria are then reported as not evaluated. It runs on a diffaudit server
 in-process (diffaudit.pipeline.run over a LocalStore in a cache folder, where training features and datasets are kept
 between runs).
 
+Against a baseline (server only, run_on_server's `baseline`): after the candidate's job ends, it is compared with an
+accepted job of the same spec through POST /v1/comparisons, and each compared metric that measures a gated criterion
+(BASELINE_METRICS) is one more criterion, failed when the paired comparison says "worse".
+
 Every criterion is reported with its value, interval and verdict. The IRS verdict is the irs stage's test; the
 others compare the point estimate with the bound (the interval says how close the call is). Outcomes: "pass" (every
 criterion passes), "rejected" (early rejection while sampling, or some criterion fails), "error" (anything else:
