@@ -151,7 +151,7 @@ def test_the_report_opens_in_a_browser(
 
 
 def test_the_run_and_comparison_pages_open_in_a_browser(browser: Any, tmp_path: Path) -> None:
-    """The pages as the endpoints render them (tests/app/test_pages.py covers the endpoints), opened from files."""
+    """The pages as the endpoints render them (tests/app/test_report_pages.py tests those), opened from files."""
     from diffaudit.metrics.trajectory import Point, copying_starts, diversity_drops
     from diffaudit.plots.trajectory import trajectory_png
     from diffaudit.report import render_comparison_page, render_run_page
