@@ -182,7 +182,11 @@ def cmd_gate(args: argparse.Namespace) -> int:
     )
     try:
         if args.server:
-            verdict = gate.run_on_server(_client(args), Path(args.checkpoint), args.dataset, options)
+            verdict = gate.run_on_server(
+                _client(args), Path(args.checkpoint), args.dataset, options, baseline=args.baseline
+            )
+        elif args.baseline:
+            verdict = gate.Verdict("error", "--baseline compares two jobs on a server: give --server (and --token)")
         else:
             progress = gate.progress_printer()
             verdict = gate.run_in_process(Path(args.checkpoint), args.dataset, options, Path(args.cache_dir), progress)
@@ -295,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("precision", "recall", "density", "coverage", "vendi"):
         p.add_argument(f"--min-{name}", type=float, help=f"{name} of the distribution stage at least this")
     p.add_argument("--max-copy-rate", type=float, help="share of samples the extraction test flags as copies, at most")
+    p.add_argument(
+        "--baseline",
+        help="server only: evaluation id of an accepted job of the same gate options; reject when significantly worse",
+    )
     p.add_argument("--junit", help="write a JUnit XML report here (one test case per criterion)")
     p.add_argument("--json", help="write the verdict as JSON here")
     p.add_argument("--server", default=os.environ.get("DIFFAUDIT_SERVER"), help="none: run in-process")

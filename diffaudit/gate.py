@@ -9,6 +9,10 @@ other criteria are then reported as not evaluated. It runs on a diffaudit server
 in-process (diffaudit.pipeline.run over a LocalStore in a cache folder, where training features and datasets are kept
 between runs).
 
+Against a baseline (server only, run_on_server's `baseline`): after the candidate's job ends, it is compared with an
+accepted job of the same spec through POST /v1/comparisons, and each compared metric that measures a gated criterion
+(BASELINE_METRICS) is one more criterion, failed when the paired comparison says "worse".
+
 Every criterion is reported with its value, interval and verdict. The IRS verdict is the irs stage's test; the
 others compare the point estimate with the bound (the interval says how close the call is). Outcomes: "pass" (every
 criterion passes), "rejected" (early rejection while sampling, or some criterion fails), "error" (anything else:
@@ -24,7 +28,7 @@ import tempfile
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -196,14 +200,66 @@ def verdict_from(
         judged = [_judged(c, options, results or {}) for c in criteria]
     except MissingCriterion as missing:
         return Verdict("error", str(missing), evidence, evaluation)
+    return judged_verdict(judged, evidence, evaluation, irs.headline)
+
+
+def judged_verdict(
+    judged: list[CriterionResult], evidence: dict[str, Any], evaluation: str | None, headline: str
+) -> Verdict:
+    """Rejected when some criterion fails, else pass; the reason lists the failed ones (`headline` for one alone)."""
     failed = [c for c in judged if c.verdict == "fail"]
     if len(judged) == 1:
-        reason = irs.headline
+        reason = headline
     elif failed:
         reason = f"{len(failed)} of {len(judged)} criteria failed: " + "; ".join(c.describe() for c in failed)
     else:
         reason = f"all {len(judged)} criteria pass"
     return Verdict("rejected" if failed else "pass", reason, evidence, evaluation, judged)
+
+
+# --- against a baseline job -----------------------------------------------------------------------------
+
+# The comparison's metrics (diffaudit.comparison) that measure a gate criterion: IRS_inf, and the copy rate in pixels
+# (the space the copy-rate criterion reads).
+BASELINE_METRICS = {"irs_inf": IRS_CRITERION.name, "copy_rate_pixels": "copy_rate"}
+
+
+def baseline_criterion(comparison: dict[str, Any], baseline: str) -> CriterionResult:
+    """One compared metric as a criterion: the paired difference (candidate minus baseline) and its interval; it
+    fails when the comparison's verdict is "worse" (the interval excludes zero on the bad side)."""
+    name = f"{BASELINE_METRICS[comparison['metric']]}_vs_baseline"
+    verdict: CriterionVerdict = "fail" if comparison["verdict"] == "worse" else "pass"
+    detail = (
+        f"{comparison['verdict']} than baseline {baseline}: {comparison['baseline']:.4g} -> "
+        f"{comparison['candidate']:.4g}, paired bootstrap of {comparison['n_pairs']} pairs at error rate "
+        f"{comparison['error_rate']:g}"
+    )
+    bound: Literal["min", "max"] = "min" if comparison["higher_is_better"] else "max"
+    interval = [float(comparison["interval"][0]), float(comparison["interval"][1])]
+    return CriterionResult(name, bound, 0.0, float(comparison["difference"]), interval, verdict, detail)
+
+
+def with_baseline(verdict: Verdict, comparison: dict[str, Any] | None, baseline: str, options: GateOptions) -> Verdict:
+    """The verdict with one more criterion per gated metric of the comparison (POST /v1/comparisons' answer) of the
+    candidate job with the `baseline` job; None when the candidate was rejected early (nothing to compare: those
+    criteria are not evaluated). An error verdict stays as it is."""
+    if verdict.outcome == "error":
+        return verdict
+    asked = {c.name for c in options.criteria()}
+    if comparison is None:
+        detail = "sampling stopped at the early IRS rejection: no comparison with the baseline"
+        extra = [
+            CriterionResult(f"{name}_vs_baseline", "min", 0.0, None, None, "not evaluated", detail)
+            for name in BASELINE_METRICS.values()
+            if name in asked
+        ]
+        return replace(verdict, criteria=[*verdict.criteria, *extra])
+    gated = [m for m in comparison["metrics"] if BASELINE_METRICS.get(m["metric"]) in asked]
+    if not gated:
+        reason = f"the comparison with baseline {baseline} measured no gated criterion"
+        return Verdict("error", reason, {}, verdict.evaluation)
+    judged = [*verdict.criteria, *(baseline_criterion(m, baseline) for m in gated)]
+    return judged_verdict(judged, verdict.evidence, verdict.evaluation, verdict.reason)
 
 
 def _threshold(criterion: Criterion, options: GateOptions | None, fallback: float) -> float:
@@ -325,15 +381,30 @@ def _criterion_body(verdict: Verdict, criterion: CriterionResult) -> dict[str, A
 
 
 def run_on_server(
-    client: Any, checkpoint: Path, dataset_id: str, options: GateOptions, out: TextIO = sys.stderr
+    client: Any,
+    checkpoint: Path,
+    dataset_id: str,
+    options: GateOptions,
+    out: TextIO = sys.stderr,
+    baseline: str | None = None,
 ) -> Verdict:
-    """Upload the checkpoint, submit the evaluation, follow it (progress bars on `out`), and judge it."""
+    """Upload the checkpoint, submit the evaluation, follow it (progress bars on `out`), and judge it; with
+    `baseline` (an evaluation id of the same spec), also compare it with that job through POST /v1/comparisons."""
+    from diffaudit.client import ApiError
+
     uploaded = client.push_checkpoint(checkpoint)
     print(f"checkpoint {uploaded['id']} uploaded; evaluating on dataset {dataset_id}", file=out)
     job = client.evaluate(uploaded["id"], dataset_id, gate_spec(options))
     job = client.wait(job["id"], out=out)
     results = client.results(job["id"]) if job["status"] in ("succeeded", "rejected") else None
-    return verdict_from(job["status"], results, job.get("error"), job["id"], options)
+    verdict = verdict_from(job["status"], results, job.get("error"), job["id"], options)
+    if baseline is None or verdict.outcome == "error":
+        return verdict
+    try:
+        comparison = client.compare(baseline, job["id"]) if job["status"] == "succeeded" else None
+    except ApiError as refused:  # e.g. 422: the baseline's spec differs from the gate's
+        return Verdict("error", f"comparison with baseline {baseline} refused: {refused}", {}, job["id"])
+    return with_baseline(verdict, comparison, baseline, options)
 
 
 # --- in-process ---------------------------------------------------------------------------------------

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import HTMLResponse
 
 from app.auth import CurrentProject
 from app.dependencies import SessionDep
 from app.errors import COMMON_RESPONSES, NOT_FOUND_RESPONSE
+from app.evaluations.router import REPORT_HEADERS
 from app.pagination import PageDep
 from app.runs import service
 from app.runs.schemas import RunDetail, RunPage, Trajectory
 from diffaudit.metrics.trajectory import COPY_RATE_THRESHOLD
 from diffaudit.plots.trajectory import trajectory_png
+from diffaudit.report import render_run_page
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES)
 
@@ -111,3 +114,25 @@ def get_trajectory_png(
 ) -> Response:
     found = service.trajectory(session, project, name, spec_hash, copy_threshold, dataset_id)
     return Response(trajectory_png(found.series, found.marks()), media_type="image/png")
+
+
+@router.get(
+    "/{name}/report",
+    summary="The run's page: its trajectory plot and its checkpoints by step with verdicts, as one HTML page",
+    description="The trajectory (same query as GET /v1/runs/{name}/trajectory) as a self-contained page: the plot "
+    "embedded, then per step the checkpoint, its evaluation's status and headline numbers, change points marked.",
+    response_class=Response,  # errors are documented as JSON, the page as HTML
+    responses={**NOT_FOUND_RESPONSE, 200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+)
+def get_run_report(
+    name: str,
+    project: CurrentProject,
+    session: SessionDep,
+    spec_hash: SpecHashQuery = None,
+    copy_threshold: CopyThresholdQuery = COPY_RATE_THRESHOLD,
+    dataset_id: DatasetQuery = None,
+) -> HTMLResponse:
+    found = service.trajectory(session, project, name, spec_hash, copy_threshold, dataset_id)
+    plot = trajectory_png(found.series, found.marks())
+    page = render_run_page(found.run, found.spec_hash, found.dataset_id, found.steps, found.series, found.marks(), plot)
+    return HTMLResponse(page, headers=REPORT_HEADERS)

@@ -69,11 +69,12 @@ def render_report(facts: JobFacts, results: Mapping[str, Any] | None, job: Artif
         timings_section(facts, summaries, names),
         files_section(keys),
     ]
-    return PAGE.format(
-        title=escape(f"diffaudit report: evaluation {facts.evaluation_id} ({facts.status})"),
-        css=CSS,
-        body="\n".join(part for part in body if part),
-    )
+    return page_html(f"diffaudit report: evaluation {facts.evaluation_id} ({facts.status})", body)
+
+
+def page_html(title: str, sections: Iterable[str]) -> str:
+    """A whole self-contained page: the title, then the non-empty sections, with the report's CSS."""
+    return PAGE.format(title=escape(title), css=CSS, body="\n".join(part for part in sections if part))
 
 
 def figures_by_section(keys: Iterable[str]) -> dict[str, list[str]]:
@@ -197,11 +198,16 @@ def files_section(keys: Sequence[str]) -> str:
 
 def figure_html(key: str, job: ArtifactStore) -> str:
     """A stored PNG embedded as a data URI, captioned with its key."""
-    data = base64.b64encode(job.get_bytes(key)).decode("ascii")
-    caption = escape(key)
+    return png_figure(job.get_bytes(key), key)
+
+
+def png_figure(png: bytes, caption: str) -> str:
+    """PNG bytes embedded as a data URI, captioned."""
+    data = base64.b64encode(png).decode("ascii")
+    text = escape(caption)
     return (
-        f'<figure id="{_anchor(key)}"><img src="data:image/png;base64,{data}" alt="{caption}">'
-        f"<figcaption>{caption}</figcaption></figure>"
+        f'<figure id="{_anchor(caption)}"><img src="data:image/png;base64,{data}" alt="{text}">'
+        f"<figcaption>{text}</figcaption></figure>"
     )
 
 
@@ -284,10 +290,13 @@ def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    head = "".join(f"<th>{_key_html(str(c))}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows[:MAX_ROWS]
-    )
+    return html_table([str(c) for c in columns], [[cell(row.get(c)) for c in columns] for row in rows])
+
+
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of cells that are already HTML, under a head of column names (MAX_ROWS rows shown)."""
+    head = "".join(f"<th>{_key_html(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in rows[:MAX_ROWS])
     return _scroll(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{_more(len(rows), 'rows')}")
 
 
@@ -349,6 +358,7 @@ h4.table-name{margin:14px 0 4px;font-size:.95em;font-family:ui-monospace,monospa
 section{margin-bottom:28px}
 .verdict{padding:10px 12px;border-radius:6px;background:#eee}
 .verdict.succeeded{background:#e3f4e3}.verdict.rejected{background:#fdecd2}.verdict.failed{background:#fbe0e0}
+.worse{background:#fbe0e0}.better{background:#e3f4e3}.mark{font-weight:600;color:#a33}
 .error{overflow-wrap:anywhere}.headline{font-weight:600}.note,.none{color:#666}
 .scroll{max-width:100%;overflow-x:auto;margin:6px 0}
 table{border-collapse:collapse;font-size:.9em}

@@ -30,6 +30,13 @@ PROTECTED = [
     ("GET", "/v1/evaluations/ev_x/report"),
     ("POST", "/v1/evaluations/ev_x/share"),
     ("GET", "/v1/tokens/current"),
+    ("GET", "/v1/runs"),
+    ("GET", "/v1/runs/r"),
+    ("GET", "/v1/runs/r/trajectory"),
+    ("GET", "/v1/runs/r/trajectory.png"),
+    ("GET", "/v1/runs/r/report"),
+    ("POST", "/v1/comparisons"),
+    ("GET", "/v1/comparisons/report"),
 ]
 
 
@@ -37,7 +44,13 @@ def test_every_protected_route_is_listed(client: TestClient) -> None:
     """Adding a route without adding it to PROTECTED fails here, so none escapes the checks below."""
     paths = client.get("/openapi.json").json()["paths"]
     documented = {(method.upper(), path) for path, ops in paths.items() for method in ops if path != "/healthz"}
-    placeholders = {"ck_x": "{checkpoint_id}", "digits": "{dataset_id}", "ev_x": "{evaluation_id}", "a.png": "{path}"}
+    placeholders = {
+        "ck_x": "{checkpoint_id}",
+        "digits": "{dataset_id}",
+        "ev_x": "{evaluation_id}",
+        "a.png": "{path}",
+        "r": "{name}",
+    }
 
     def template(path: str) -> str:
         return "/".join(placeholders.get(part, part) for part in path.split("/"))

@@ -187,3 +187,132 @@ def test_the_cli_reports_an_error_verdict_with_exit_2(tmp_path: Path, capsys: py
     code = main([*args, "--cache-dir", str(tmp_path / "c"), "--json", str(tmp_path / "v.json")])
     assert code == 2 and "ERROR (exit 2)" in capsys.readouterr().out
     assert json.loads((tmp_path / "v.json").read_text())["outcome"] == "error"
+
+
+def compared(metric: str, verdict: str, difference: float, higher_is_better: bool) -> dict:
+    """One metric of a (fake) POST /v1/comparisons answer."""
+    half = 0.01
+    return {
+        "metric": metric,
+        "baseline": 0.5,
+        "candidate": 0.5 + difference,
+        "difference": difference,
+        "interval": [difference - half, difference + half],
+        "verdict": verdict,
+        "higher_is_better": higher_is_better,
+        "error_rate": 0.05,
+        "n_pairs": 256,
+    }
+
+
+BASELINE_OPTIONS = gate.GateOptions(min_irs=0.3, max_copy_rate=1.0)
+
+
+def passing_verdict() -> gate.Verdict:
+    irs = gate.CriterionResult("irs_diversity", "min", 0.3, 0.45, [0.41, 0.5], "pass")
+    copies = gate.CriterionResult("copy_rate", "max", 1.0, 0.0, [0.0, 0.01], "pass")
+    return gate.Verdict("pass", "all 2 criteria pass", {"irs_inf": 0.45}, "ev_cand", [irs, copies])
+
+
+def test_a_candidate_worse_than_its_baseline_is_rejected_though_it_passes_the_thresholds() -> None:
+    comparison = {
+        "metrics": [
+            compared("irs_inf", "worse", -0.08, True),
+            compared("copy_rate_pixels", "not distinguishable", 0.0, False),
+            compared("nn_distance_pixels", "worse", -0.5, True),  # measures no gate criterion: not gated
+        ]
+    }
+    verdict = gate.with_baseline(passing_verdict(), comparison, "ev_base", BASELINE_OPTIONS)
+    assert (verdict.outcome, verdict.exit_code) == ("rejected", 1)
+    names = [c.name for c in verdict.criteria]
+    assert names == ["irs_diversity", "copy_rate", "irs_diversity_vs_baseline", "copy_rate_vs_baseline"]
+    irs = verdict.criteria[2]
+    assert (irs.verdict, irs.value, irs.interval, irs.bound, irs.threshold) == (
+        "fail",
+        -0.08,
+        [-0.09, -0.07],
+        "min",
+        0.0,
+    )
+    assert "worse than baseline ev_base" in irs.detail and verdict.criteria[3].verdict == "pass"
+    assert verdict.reason.startswith("1 of 4 criteria failed: irs_diversity_vs_baseline -0.08")
+    assert verdict.evaluation == "ev_cand" and verdict.evidence == {"irs_inf": 0.45}
+
+
+def test_a_better_or_indistinguishable_candidate_passes_and_each_comparison_is_a_junit_case(tmp_path: Path) -> None:
+    comparison = {
+        "metrics": [compared("irs_inf", "better", 0.05, True), compared("copy_rate_pixels", "better", -0.1, False)]
+    }
+    verdict = gate.with_baseline(passing_verdict(), comparison, "ev_base", BASELINE_OPTIONS)
+    assert (verdict.outcome, verdict.reason) == ("pass", "all 4 criteria pass")
+    assert verdict.criteria[3].bound == "max"  # copy rate: lower is better
+    gate.write_junit(verdict, tmp_path / "b.xml")
+    suite = ET.parse(tmp_path / "b.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures")) == ("4", "0")
+    assert [case.get("name") for case in suite.iter("testcase")][2:] == [
+        "irs_diversity_vs_baseline",
+        "copy_rate_vs_baseline",
+    ]
+    gate.write_json(verdict, tmp_path / "b.json")
+    assert json.loads((tmp_path / "b.json").read_text())["criteria"][2]["name"] == "irs_diversity_vs_baseline"
+
+
+def test_baseline_comparison_only_gates_the_criteria_asked_for() -> None:
+    irs_only = gate.GateOptions(min_irs=0.3)
+    alone = gate.Verdict("pass", "IRS headline", {}, "ev_cand", [passing_verdict().criteria[0]])
+    comparison = {"metrics": [compared("irs_inf", "not distinguishable", 0.0, True)]}
+    verdict = gate.with_baseline(alone, comparison, "ev_base", irs_only)
+    assert [c.name for c in verdict.criteria] == ["irs_diversity", "irs_diversity_vs_baseline"]
+    assert verdict.outcome == "pass"
+    nothing = gate.with_baseline(alone, {"metrics": [compared("ds_rate", "worse", -0.1, True)]}, "ev_b", irs_only)
+    assert nothing.outcome == "error" and "no gated criterion" in nothing.reason
+
+
+def test_an_early_rejection_or_an_error_is_not_compared() -> None:
+    early = gate.Verdict("rejected", "IRS early rejection", {"distinct": 17}, "ev_cand", [])
+    verdict = gate.with_baseline(early, None, "ev_base", BASELINE_OPTIONS)
+    assert verdict.outcome == "rejected"
+    assert [(c.name, c.verdict) for c in verdict.criteria] == [
+        ("irs_diversity_vs_baseline", "not evaluated"),
+        ("copy_rate_vs_baseline", "not evaluated"),
+    ]
+    broken = gate.Verdict("error", "boom")
+    assert gate.with_baseline(broken, {"metrics": []}, "ev_base", BASELINE_OPTIONS) is broken
+
+
+class RefusingClient:
+    """A server whose comparisons API refuses (422) because the baseline's spec differs."""
+
+    def push_checkpoint(self, path: Path) -> dict:
+        return {"id": "ck_1"}
+
+    def evaluate(self, checkpoint_id: str, dataset_id: str, spec: dict) -> dict:
+        return {"id": "ev_cand"}
+
+    def wait(self, evaluation_id: str, out: object) -> dict:
+        return {"id": evaluation_id, "status": "succeeded"}
+
+    def results(self, evaluation_id: str) -> dict:
+        return {"stages": {"irs": IRS_RESULT}}
+
+    def compare(self, baseline: str, candidate: str) -> dict:
+        from diffaudit.client import ApiError
+
+        raise ApiError(422, "invalid_input", "the evaluations differ ...: spec.sample.n: 512 vs 256")
+
+
+def test_a_refused_comparison_is_an_error_verdict_with_the_servers_message(tmp_path: Path) -> None:
+    import io
+
+    options = gate.GateOptions(min_irs=0.3)
+    verdict = gate.run_on_server(RefusingClient(), tmp_path, "digits", options, io.StringIO(), baseline="ev_base")
+    assert (verdict.outcome, verdict.exit_code, verdict.evaluation) == ("error", 2, "ev_cand")
+    assert "baseline ev_base refused" in verdict.reason and "spec.sample.n: 512 vs 256" in verdict.reason
+
+
+def test_baseline_in_process_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from diffaudit.cli import main
+
+    argv = ["gate", "--checkpoint", str(tmp_path), "--dataset", "digits", "--min-irs", "0.3", "--baseline", "ev_b"]
+    assert main([*argv, "--server", ""]) == 2
+    assert "--baseline compares two jobs on a server" in capsys.readouterr().out

@@ -126,3 +126,21 @@ def test_several_criteria_through_a_server(
     ]
     assert all(c["value"] is not None and c["interval"] is not None for c in report["criteria"])
     assert report["reason"] == "all 4 criteria pass"
+
+
+def test_the_gate_against_a_baseline_through_a_server(
+    embedded_server: tuple[str, str], tiny_demo_model: Path, tmp_path: Path
+) -> None:
+    url, token = embedded_server
+    server = ("--server", url, "--token", token)
+    code, accepted = gate(tiny_demo_model, tmp_path, 256, *server)
+    assert code == 0, accepted
+    code, report = gate(tiny_demo_model, tmp_path, 256, *server, "--baseline", accepted["evaluation"])
+    assert code == 0 and report["outcome"] == "pass", report  # the same checkpoint: no difference
+    compared = report["criteria"][-1]
+    assert (compared["name"], compared["verdict"], compared["value"]) == ("irs_diversity_vs_baseline", "pass", 0.0)
+    suite = ET.parse(tmp_path / "report.xml").getroot()
+    assert suite.get("tests") == "2"
+    code, refused = gate(tiny_demo_model, tmp_path, 128, *server, "--baseline", accepted["evaluation"])
+    assert code == 2 and refused["outcome"] == "error", refused  # another sample count: not paired
+    assert "422" in refused["reason"] and "sample.n" in refused["reason"], refused["reason"]

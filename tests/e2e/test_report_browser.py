@@ -148,3 +148,70 @@ def test_the_report_opens_in_a_browser(
     assert all(image["width"] > 0 for image in image_states(browser))
     assert console_errors(browser) == []
     screenshot(browser, "report-rejected-phone.png")
+
+
+def test_the_run_and_comparison_pages_open_in_a_browser(browser: Any, tmp_path: Path) -> None:
+    """The pages as the endpoints render them (tests/app/test_report_pages.py tests those), opened from files."""
+    from diffaudit.metrics.trajectory import Point, copying_starts, diversity_drops
+    from diffaudit.plots.trajectory import trajectory_png
+    from diffaudit.report import render_comparison_page, render_run_page
+
+    steps = [1000, 2000, 3000, 4000]
+    irs = [(0.8, 0.75, 0.85), (0.78, 0.72, 0.84), (0.6, 0.55, 0.65), (0.58, 0.5, 0.66)]
+    series = {
+        "irs_inf": [Point(s, *v) for s, v in zip(steps, irs, strict=True)],
+        "copy_rate_pixels": [Point(s, c) for s, c in zip(steps, (0.0, 0.005, 0.02, 0.1), strict=True)],
+        "fid": [Point(s, f, f - 1, f + 1) for s, f in zip(steps, (30.0, 40.0, 50.0, 70.0), strict=True)],
+        "ds_count": [Point(s, d) for s, d in zip(steps, (40.0, 38.0, 20.0, 10.0), strict=True)],
+    }
+    marks = {"copying starts": copying_starts(series), "diversity drops": diversity_drops(series["irs_inf"])}
+    rows = [
+        {"step": s, "checkpoint_id": f"ck_{i:020d}", "evaluation_id": f"ev_{i:020d}", "status": "succeeded"}
+        for i, s in enumerate(steps)
+    ]
+    run_page = render_run_page("run-1", "a" * 64, "digits", rows, series, marks, trajectory_png(series, marks))
+    metric = {"baseline": 0.5, "error_rate": 0.05, "higher_is_better": True, "n_pairs": 256}
+    comparison_page = render_comparison_page(
+        {
+            "baseline_evaluation_id": "ev_a",
+            "candidate_evaluation_id": "ev_b",
+            "spec_hash": "a" * 64,
+            "dataset_id": "digits",
+            "replicates": 1000,
+            "seed": 0,
+            "metrics": [
+                {
+                    **metric,
+                    "metric": "irs_inf",
+                    "candidate": 0.4,
+                    "difference": -0.1,
+                    "interval": [-0.12, -0.08],
+                    "verdict": "worse",
+                },
+                {
+                    **metric,
+                    "metric": "ds_rate",
+                    "candidate": 0.6,
+                    "difference": 0.1,
+                    "interval": [0.05, 0.15],
+                    "verdict": "better",
+                },
+            ],
+        }
+    )
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": PHONE_WIDTH, "height": 844, "deviceScaleFactor": 2, "mobile": True},
+    )
+    for name, page in (("run", run_page), ("comparison", comparison_page)):
+        path = tmp_path / f"{name}.html"
+        path.write_text(page)
+        browser.get(path.as_uri())
+        assert browser.title.startswith(f"diffaudit {name}")
+        assert all(image["complete"] and image["width"] > 0 for image in image_states(browser))
+        scroll_width = browser.execute_script("return document.documentElement.scrollWidth")
+        assert scroll_width <= PHONE_WIDTH, f"the {name} page is {scroll_width} px wide at {PHONE_WIDTH} px"
+        assert console_errors(browser) == []
+        screenshot(browser, f"{name}-page-phone.png")
+    browser.get((tmp_path / "run.html").as_uri())
+    assert len(image_states(browser)) == 1 and "copying starts, diversity drops" in browser.page_source
