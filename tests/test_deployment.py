@@ -80,3 +80,19 @@ def test_dockerfiles_copy_what_exists(dockerfile: str) -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"{dockerfile} copies missing {source}"
+
+
+def test_a_machine_with_eight_gpus_gets_one_worker_per_gpu() -> None:
+    """scripts/compose_gpus.py: the worker service once per GPU, each reserving its own device id."""
+    from scripts.compose_gpus import compose_for_gpus
+
+    services = compose_for_gpus(COMPOSE, 8)["services"]
+    workers = {name: service for name, service in services.items() if name.startswith("worker")}
+    assert sorted(workers) == [f"worker-{i}" for i in range(8)]
+    reserved = [w["deploy"]["resources"]["reservations"]["devices"] for w in workers.values()]
+    assert [devices[0]["device_ids"] for devices in reserved] == [[str(i)] for i in range(8)]
+    assert all("count" not in devices[0] and devices[0]["capabilities"] == ["gpu"] for devices in reserved)
+    for service in workers.values():
+        assert service["command"] == SERVICES["worker"]["command"]
+        assert service["environment"] == SERVICES["worker"]["environment"]
+    assert set(services) - set(workers) == set(SERVICES) - {"worker"}

@@ -122,7 +122,7 @@ def verdict_section(
     if "rejection" in results:
         parts.append("<h3>Rejection evidence</h3>")
         parts.append(value_html(results["rejection"]))
-    return _section("verdict", "Verdict", "\n".join(parts))
+    return section("verdict", "Verdict", "\n".join(parts))
 
 
 def stage_section(
@@ -148,7 +148,7 @@ def stage_section(
     else:
         parts.append(value_html(summary))
     parts.extend(figure_html(key, job) for key in figures)
-    return _section(_anchor(name), title, "\n".join(parts))
+    return section(_anchor(name), title, "\n".join(parts))
 
 
 def facts_section(title: str, facts: Mapping[str, Any], raw: bool = False) -> str:
@@ -159,7 +159,7 @@ def facts_section(title: str, facts: Mapping[str, Any], raw: bool = False) -> st
     if raw:
         text = escape(json.dumps(facts, indent=2, sort_keys=True, default=str))
         parts.append(f"<details><summary>as JSON</summary><pre>{text}</pre></details>")
-    return _section(_anchor(title.lower()), title, "\n".join(parts))
+    return section(_anchor(title.lower()), title, "\n".join(parts))
 
 
 def timings_section(facts: JobFacts, summaries: Mapping[str, Any], names: Sequence[str]) -> str:
@@ -184,7 +184,7 @@ def timings_section(facts: JobFacts, summaries: Mapping[str, Any], names: Sequen
         parts.append(rows_table(table))
     if facts.times:
         parts.append(value_html(dict(facts.times)))
-    return _section("timings", "Timings", "\n".join(parts))
+    return section("timings", "Timings", "\n".join(parts))
 
 
 def files_section(keys: Sequence[str]) -> str:
@@ -193,7 +193,7 @@ def files_section(keys: Sequence[str]) -> str:
     if not others:
         return ""
     items = "".join(f"<li><code>{escape(k)}</code></li>" for k in others)
-    return _section("files", "Other files of the job", f'<ul class="files">{items}</ul>')
+    return section("files", "Other files of the job", f'<ul class="files">{items}</ul>')
 
 
 def figure_html(key: str, job: ArtifactStore) -> str:
@@ -345,7 +345,7 @@ def _anchor(name: str) -> str:
     return "s-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in (name or "other"))
 
 
-def _section(anchor: str, title: str, content: str) -> str:
+def section(anchor: str, title: str, content: str) -> str:
     return f'<section id="{anchor}"><h2>{escape(title)}</h2>\n{content}\n</section>'
 
 

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 
 from diffaudit.metrics.trajectory import Point
-from diffaudit.report.html import _section, cell, html_table, page_html, pairs_table, png_figure
+from diffaudit.report.html import cell, html_table, page_html, pairs_table, png_figure, section
 
 VERDICT_ORDER = {"worse": 0, "not distinguishable": 1, "better": 2}
 
@@ -66,9 +66,9 @@ def render_run_page(
     return page_html(
         f"diffaudit run {run}",
         [
-            _section("run", "Run", pairs_table(facts)),
-            _section("trajectory", "Trajectory", png_figure(plot_png, f"{run}: headline numbers over the steps")),
-            _section("steps", "Checkpoints by step", table),
+            section("run", "Run", pairs_table(facts)),
+            section("trajectory", "Trajectory", png_figure(plot_png, f"{run}: headline numbers over the steps")),
+            section("steps", "Checkpoints by step", table),
         ],
     )
 
@@ -123,10 +123,10 @@ def render_comparison_page(comparison: Mapping[str, Any]) -> str:
     return page_html(
         f"diffaudit comparison: {comparison['candidate_evaluation_id']} vs {comparison['baseline_evaluation_id']}",
         [
-            _section("verdict", "Verdict", f'<p class="verdict {status}"><strong>{escape(lead)}</strong></p>'),
-            _section(
+            section("verdict", "Verdict", f'<p class="verdict {status}"><strong>{escape(lead)}</strong></p>'),
+            section(
                 "metrics", "Metrics (candidate minus baseline)", _table(comparison_rows(metrics)) if metrics else ""
             ),
-            _section("facts", "Comparison", pairs_table(facts)),
+            section("facts", "Comparison", pairs_table(facts)),
         ],
     )
