@@ -156,9 +156,12 @@ class InceptionFidExtractor(Extractor):
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """The 1,008 logits without the fc bias (torch-fidelity's `logits_unbiased`), for the Inception Score."""
-        with torch.inference_mode():
-            pool = pool_features(self.network, self.network_input(images))
-            return (pool @ self.network.fc.weight.T).cpu().numpy()
+        return self.logits_of_features(self(images))
+
+    def logits_of_features(self, features: np.ndarray) -> np.ndarray:
+        """The logits of `logits` from this extractor's pool features (the fc layer alone, without its bias)."""
+        weight = self.network.fc.weight.detach().cpu().numpy().astype(np.float64)
+        return (np.asarray(features, dtype=np.float64) @ weight.T).astype(np.float32)
 
 
 def create_inception_fid(path: Path | None, seed: int, device: torch.device) -> InceptionFidExtractor:

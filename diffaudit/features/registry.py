@@ -34,7 +34,7 @@ from diffaudit.features.extractors import (
     PixelExtractor,
     random_cnn,
 )
-from diffaudit.features.inception_fid import FID_INPUT_SIZE, FID_POOL_DIM, create_inception_fid
+from diffaudit.features.inception_fid import FID_INPUT_SIZE, FID_POOL_DIM, INCEPTION_FID, create_inception_fid
 from diffaudit.features.vit import VIT_INPUT_SIZE, VIT_MODELS, create_vit_extractor
 from diffaudit.features.weights import (
     DOWNLOADS_SETTING,
@@ -49,7 +49,6 @@ from diffaudit.features.weights import (
 )
 
 TIMM_PREFIX = "timm:"
-INCEPTION_FID = "inception-fid"
 
 
 class UnknownExtractor(InvalidInput):

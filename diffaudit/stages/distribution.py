@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from diffaudit.features.extractors import Extractor
+from diffaudit.features.inception_fid import INCEPTION_FID
 from diffaudit.metrics.distribution import distribution_metrics
+from diffaudit.metrics.inception_score import IS_SPLITS, inception_score
 from diffaudit.plots.distribution import distribution_png
 from diffaudit.spec import DistributionSpec
 from diffaudit.stages import artifacts
@@ -47,6 +50,17 @@ def measure(
     )
 
 
+def inception_score_summary(extractor: Extractor, fake: np.ndarray) -> dict[str, Any] | None:
+    """The Inception Score (Salimans et al., arXiv 1606.03498, Sec. 4) of the generated features when the extractor
+    has a classifier head (`logits_of_features`: inception-fid), over min(10, N) splits; None otherwise."""
+    logits_of_features = getattr(extractor, "logits_of_features", None)
+    if logits_of_features is None:
+        return None
+    splits = min(IS_SPLITS, len(fake))
+    mean, std = inception_score(logits_of_features(fake), splits=splits)
+    return {"inception_score_mean": mean, "inception_score_std": std, "inception_score_splits": splits}
+
+
 def distribution_headline(metrics: dict[str, Any]) -> str:
     fid_low, fid_high = metrics["intervals"]["fid"] or (metrics["fid"], metrics["fid"])
     return (
@@ -70,10 +84,15 @@ class DistributionStage:
         labels = artifacts.class_labels(ctx, train) if spec.per_class else None
         metrics = measure(spec, real, fake, labels)
         ctx.job.put_bytes(FIGURE_KEY, distribution_png(metrics))
+        extractor = artifacts.features_summary(ctx).extractor
+        inception = (
+            inception_score_summary(artifacts.features_extractor(ctx), fake) if extractor == INCEPTION_FID else None
+        )
         ctx.report(1, 1)
         return {
             "headline": distribution_headline(metrics),
             "reference": "training split",
-            "extractor": artifacts.features_summary(ctx).extractor,
+            "extractor": extractor,
             **metrics,
+            **(inception or {}),
         }

@@ -97,3 +97,25 @@ def test_a_spec_with_fewer_samples_than_a_kid_subset_or_k_plus_one_is_refused(di
     with pytest.raises(ValueError, match=field):  # pydantic wraps the InvalidInput
         EvaluationSpec(stages=("distribution",), sample={"n": N_SAMPLES}, distribution=distribution)
     EvaluationSpec(stages=("sample",), sample={"n": N_SAMPLES}, distribution=distribution)  # not asked for: fine
+
+
+def test_the_inception_score_comes_from_the_extractors_classifier_head() -> None:
+    """inception-fid features -> its fc logits -> IS over min(10, N) splits (torch-fidelity's formula, checked in
+    tests/diffaudit/metrics/test_inception_score.py); extractors without a classifier head give none."""
+    import torch
+
+    from diffaudit.features.registry import create_extractor
+    from diffaudit.metrics.inception_score import inception_score
+    from diffaudit.stages.distribution import inception_score_summary
+
+    extractor = create_extractor("inception-fid", seed=0, device=torch.device("cpu"))
+    fake = np.abs(np.random.default_rng(0).standard_normal((40, 2048))).astype(np.float32)
+    summary = inception_score_summary(extractor, fake)
+    weight = extractor.network.fc.weight.detach().numpy()
+    mean, std = inception_score(fake.astype(np.float64) @ weight.T.astype(np.float64), splits=10)
+    assert summary == {"inception_score_mean": pytest.approx(mean), "inception_score_std": pytest.approx(std),
+                       "inception_score_splits": 10}  # fmt: skip
+    assert summary["inception_score_mean"] > 1.0  # random weights still spread 40 rows over several classes
+    few = inception_score_summary(extractor, fake[:4])
+    assert few is not None and few["inception_score_splits"] == 4
+    assert inception_score_summary(create_extractor("pixels", seed=0, device=torch.device("cpu")), fake) is None
