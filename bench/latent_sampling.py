@@ -3,10 +3,11 @@
 Same components (random weights): for the LDM the digits-latent recipe's unconditional latent UNet and
 AutoencoderKL (diffaudit/demo_latent.py); for the DiT a 4-layer DiT (width 128, learned sigma, 1,000 classes so
 that DiTPipeline's null label 1000 exists) with the same AutoencoderKL, sampled with classifier-free guidance
-(--guidance-scale). Same DDIM scheduler, steps and batch size. Repetitions alternate between the loops so that
-machine noise hits all alike; the best of the repetitions is compared (target >= 0.95 each).
+(--guidance-scale). Same DDIM scheduler, steps and batch size; the warm-up checks that each pair draws the same
+images. Repetitions alternate between the loops so that machine noise hits all alike; the best of the repetitions
+is compared (target >= 0.95 each).
 
-    .venv/bin/python bench/latent_sampling.py --threads 1 --batch 64 --steps 20 --repeats 3
+    .venv/bin/python bench/latent_sampling.py --threads 1 --batch 128 --steps 20 --repeats 5
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from diffaudit.demo import demo_scheduler
 from diffaudit.demo_latent import latent_demo_autoencoder, latent_demo_unet, latent_dit
 from diffaudit.device import configure_threads, pick_device
 
+PAIRS = (("diffaudit LDM", "LDMPipeline"), ("diffaudit DiT", "DiTPipeline"))
 DIT_CLASSES = 1000  # DiTPipeline's null class is label 1000
 
 
@@ -90,8 +93,11 @@ def main() -> None:
             output_type="np",
         ),
     }
-    for run in runs.values():  # warm-up
-        run()
+    warm_up: dict[str, Any] = {name: run() for name, run in runs.items()}
+    for ours, theirs in PAIRS:  # the same images (uint8 rounding aside), so both sides do the same work
+        difference = np.abs(warm_up[ours][0][1] / 255.0 - warm_up[theirs].images).max()
+        if difference > 1 / 255:
+            raise SystemExit(f"{ours} and {theirs} differ by {difference:.4f}: not the same sampler")
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
@@ -103,7 +109,7 @@ def main() -> None:
     )
     for name, rate in rates.items():
         print(f"{name:>14}: {rate:8.2f} images/s (best of {[round(t, 3) for t in times[name]]} s)")
-    for ours, theirs in (("diffaudit LDM", "LDMPipeline"), ("diffaudit DiT", "DiTPipeline")):
+    for ours, theirs in PAIRS:
         print(f"ratio {ours} / {theirs}: {rates[ours] / rates[theirs]:.3f} (target >= 0.95)")
 
 

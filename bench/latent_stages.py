@@ -7,7 +7,7 @@ with the same AutoencoderKL and classifier-free guidance: `dit`) and the built-i
 sampling loop's denoising and decoding (diffaudit.checkpoints.sampling) and around the feature extractor's call.
 Production code is unchanged. Each stage's seconds are the pipeline's own (`seconds` of its summary).
 
-    .venv/bin/python bench/latent_stages.py --threads 1 --kind latent-unet --n 1024 --steps 20
+    .venv/bin/python bench/latent_stages.py --threads 1 --kind latent-unet --n 1024 --steps 20  (or --kind dit)
 """
 
 from __future__ import annotations
