@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.transformers.dit_transformer_2d import DiTTransformer2DModel
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from tqdm import tqdm
@@ -58,19 +60,44 @@ def latent_demo_autoencoder() -> AutoencoderKL:
     )
 
 
-def latent_demo_unet() -> UNet2DModel:
-    """The class-conditional denoiser of the 8x8 latents: two resolutions, no attention."""
+def latent_demo_unet(num_class_embeds: int | None = NUM_DIGIT_CLASSES) -> UNet2DModel:
+    """The denoiser of the 8x8 latents (class-conditional unless num_class_embeds is None): two resolutions, no
+    attention."""
     return UNet2DModel(
         sample_size=LATENT_SIZE,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        num_class_embeds=NUM_DIGIT_CLASSES,
+        num_class_embeds=num_class_embeds,
         block_out_channels=(32, 64),
         layers_per_block=1,
         norm_num_groups=8,
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
     )
+
+
+def latent_dit(
+    num_classes: int,
+    num_layers: int = 1,
+    num_attention_heads: int = 2,
+    attention_head_dim: int = 8,
+    legacy: bool = False,
+) -> torch.nn.Module:
+    """A DiT on the 8x8 latents with learned sigma (out_channels = 2 x in_channels), patch size 2, a null class
+    (label num_classes); legacy: the Transformer2DModel older DiTPipelines saved. Used by tests and bench/."""
+    dit_class = Transformer2DModel if legacy else DiTTransformer2DModel
+    dit: torch.nn.Module = dit_class(
+        sample_size=LATENT_SIZE,
+        patch_size=2,
+        in_channels=LATENT_CHANNELS,
+        out_channels=2 * LATENT_CHANNELS,
+        num_layers=num_layers,
+        num_attention_heads=num_attention_heads,
+        attention_head_dim=attention_head_dim,
+        num_embeds_ada_norm=num_classes,
+        norm_type="ada_norm_zero",
+    )
+    return dit
 
 
 def train_autoencoder(x0_all: torch.Tensor, steps: int, generator: torch.Generator, progress: bool) -> AutoencoderKL:

@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vq_model import VQModel
-from diffusers.models.transformers.dit_transformer_2d import DiTTransformer2DModel
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.pipelines.deprecated.latent_diffusion_uncond.pipeline_latent_diffusion_uncond import LDMPipeline
 from diffusers.pipelines.dit.pipeline_dit import DiTPipeline
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+
+from diffaudit.demo_latent import latent_dit
 
 IMAGE_SIZE, IMAGE_CHANNELS = 16, 1
 LATENT_SIZE, LATENT_CHANNELS = 8, 2
@@ -61,20 +61,10 @@ def tiny_latent_unet(seed: int = 0, num_class_embeds: int | None = None) -> UNet
 
 
 def tiny_dit(seed: int = 0, num_classes: int = 10, legacy: bool = False) -> torch.nn.Module:
-    """A DiT with learned sigma (out_channels = 2 x in_channels); legacy: the Transformer2DModel DiTPipeline saved."""
+    """A one-layer DiT with learned sigma (out_channels = 2 x in_channels); legacy: the Transformer2DModel DiTPipeline
+    saved."""
     torch.manual_seed(seed)
-    dit_class = Transformer2DModel if legacy else DiTTransformer2DModel
-    return dit_class(
-        sample_size=LATENT_SIZE,
-        patch_size=2,
-        in_channels=LATENT_CHANNELS,
-        out_channels=2 * LATENT_CHANNELS,
-        num_layers=1,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_embeds_ada_norm=num_classes,
-        norm_type="ada_norm_zero",
-    ).eval()
+    return latent_dit(num_classes, legacy=legacy).eval()
 
 
 def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
