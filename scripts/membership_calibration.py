@@ -9,13 +9,14 @@ bilinearly) for `steps` steps. For each model it measures
   training images) against as many held-out digits (never trained on), as the membership stage computes them.
 and prints one table row per model (Markdown). Models are cached in --cache (retrained only when absent).
 
-    DIFFAUDIT_TORCH_THREADS=1 .venv/bin/python scripts/membership_calibration.py [--full]
+    DIFFAUDIT_TORCH_THREADS=1 .venv/bin/python scripts/membership_calibration.py [--full | --models NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,14 @@ class Model:
     def name(self) -> str:
         return f"n{self.n_train}-s{self.steps}-{self.size}px"
 
+    @staticmethod
+    def parse(name: str) -> Model:
+        """The model named like Model.name ("n100-s1200-28px")."""
+        match = re.fullmatch(r"n(\d+)-s(\d+)-(\d+)px", name)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"model names look like n100-s1200-28px, not {name!r}")
+        return Model(*(int(group) for group in match.groups()))
+
 
 # cheapest first: the rows print as they finish, so a run stopped early still gives the small models
 QUICK = (
@@ -67,6 +76,7 @@ QUICK = (
     Model(256, 300, 16),
     Model(256, 1200, 16),
     Model(64, 1200, 28),
+    Model(100, 1200, 28),  # the issue's case: 100 images at another image size
     Model(256, 300, 28),
     Model(256, 1200, 28),
 )
@@ -149,12 +159,13 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / "var" / "membership-calibration")
     parser.add_argument("--n-eval", type=int, default=128, help="members and held-out images scored per model")
     parser.add_argument("--n-samples", type=int, default=128, help="samples of the extraction test per model")
+    parser.add_argument("--models", type=Model.parse, nargs="+", help="only these models, e.g. n100-s1200-28px")
     args = parser.parse_args()
     configure_threads(int(os.environ.get("DIFFAUDIT_TORCH_THREADS", "0")))
     header = ["model", "copy rate", *[f"{label}: AUC / TPR@1%" for label, _, _ in VARIANTS], "seconds"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
-    for model in FULL if args.full else QUICK:
+    for model in args.models or (FULL if args.full else QUICK):
         print("| " + " | ".join(row(model, args.cache, args.n_eval, args.n_samples)) + " |", flush=True)
 
 
