@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
 
 from app.auth import CurrentProject
@@ -30,6 +30,21 @@ DatasetQuery = Annotated[
 CopyThresholdQuery = Annotated[
     float, Query(ge=0, le=1, description="copying starts at the first step whose copy rate exceeds this")
 ]
+
+
+def found_trajectory(
+    name: str,
+    project: CurrentProject,
+    session: SessionDep,
+    spec_hash: SpecHashQuery = None,
+    copy_threshold: CopyThresholdQuery = COPY_RATE_THRESHOLD,
+    dataset_id: DatasetQuery = None,
+) -> service.RunTrajectory:
+    """The run's trajectory for the query every trajectory endpoint takes (a dependency of the three)."""
+    return service.trajectory(session, project, name, spec_hash, copy_threshold, dataset_id)
+
+
+TrajectoryDep = Annotated[service.RunTrajectory, Depends(found_trajectory)]
 
 
 @router.get(
@@ -81,21 +96,13 @@ def _trajectory_out(found: service.RunTrajectory, plot: str) -> Trajectory:
     response_model=Trajectory,
     responses=NOT_FOUND_RESPONSE,
 )
-def get_trajectory(
-    name: str,
-    project: CurrentProject,
-    session: SessionDep,
-    spec_hash: SpecHashQuery = None,
-    copy_threshold: CopyThresholdQuery = COPY_RATE_THRESHOLD,
-    dataset_id: DatasetQuery = None,
-) -> Trajectory:
-    found = service.trajectory(session, project, name, spec_hash, copy_threshold, dataset_id)
+def get_trajectory(found: TrajectoryDep) -> Trajectory:
     query = (
-        f"?spec_hash={found.spec_hash}&dataset_id={found.dataset_id}&copy_threshold={copy_threshold}"
+        f"?spec_hash={found.spec_hash}&dataset_id={found.dataset_id}&copy_threshold={found.copy_threshold}"
         if found.spec_hash
         else ""
     )
-    return _trajectory_out(found, f"{router.prefix}/{name}/trajectory.png{query}")
+    return _trajectory_out(found, f"{router.prefix}/{found.run}/trajectory.png{query}")
 
 
 @router.get(
@@ -104,15 +111,7 @@ def get_trajectory(
     response_class=Response,
     responses={**NOT_FOUND_RESPONSE, 200: {"content": {"image/png": {}}, "description": "PNG"}},
 )
-def get_trajectory_png(
-    name: str,
-    project: CurrentProject,
-    session: SessionDep,
-    spec_hash: SpecHashQuery = None,
-    copy_threshold: CopyThresholdQuery = COPY_RATE_THRESHOLD,
-    dataset_id: DatasetQuery = None,
-) -> Response:
-    found = service.trajectory(session, project, name, spec_hash, copy_threshold, dataset_id)
+def get_trajectory_png(found: TrajectoryDep) -> Response:
     return Response(trajectory_png(found.series, found.marks()), media_type="image/png")
 
 
@@ -124,15 +123,7 @@ def get_trajectory_png(
     response_class=Response,  # errors are documented as JSON, the page as HTML
     responses={**NOT_FOUND_RESPONSE, 200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
 )
-def get_run_report(
-    name: str,
-    project: CurrentProject,
-    session: SessionDep,
-    spec_hash: SpecHashQuery = None,
-    copy_threshold: CopyThresholdQuery = COPY_RATE_THRESHOLD,
-    dataset_id: DatasetQuery = None,
-) -> HTMLResponse:
-    found = service.trajectory(session, project, name, spec_hash, copy_threshold, dataset_id)
+def get_run_report(found: TrajectoryDep) -> HTMLResponse:
     plot = trajectory_png(found.series, found.marks())
     page = render_run_page(found.run, found.spec_hash, found.dataset_id, found.steps, found.series, found.marks(), plot)
     return HTMLResponse(page, headers=REPORT_HEADERS)
