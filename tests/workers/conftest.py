@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from worker_helpers import Workers
 
+from app.db import make_engine
 from app.main import create_app
+from app.models import CANCELLED, QUEUED, RUNNING, Evaluation
 from app.settings import Settings
 from app.tokens.service import create_token
 from diffaudit.client import zip_folder
@@ -62,8 +65,23 @@ def worker_settings(database_url: str, broker_url: str, tmp_path: Path) -> Setti
     )
 
 
+def end_earlier_jobs(settings: Settings) -> None:
+    """Cancel every unfinished job of earlier tests and empty the broker: the session shares one database and one
+    Redis database, and a new worker's recovery would otherwise take over a stale job whose files are gone."""
+    engine = make_engine(settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            update(Evaluation)
+            .where(Evaluation.status.in_((QUEUED, RUNNING)))
+            .values(status=CANCELLED, cancel_requested=True)
+        )
+    engine.dispose()
+    redis.Redis.from_url(settings.broker_url).flushdb()
+
+
 @pytest.fixture()
 def workers(worker_settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    end_earlier_jobs(worker_settings)
     pool = Workers(worker_settings, tmp_path)
     yield pool
     pool.stop_all()
