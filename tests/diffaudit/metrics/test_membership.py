@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -157,24 +157,9 @@ def test_invalid_score_parameters_are_refused() -> None:
 # --- scores on a tiny UNet: shapes, determinism, batch-size independence -----------------------------------
 
 
-def tiny_unet() -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        num_class_embeds=3,
-    ).eval()
-
-
 @pytest.mark.parametrize("score", SCORE_NAMES)
-def test_scores_are_deterministic_and_batch_independent(score: str) -> None:
-    unet = tiny_unet()
+def test_scores_are_deterministic_and_batch_independent(score: str, make_tiny_unet: Callable[..., Any]) -> None:
+    unet = make_tiny_unet(num_class_embeds=3)  # tests/diffaudit/conftest.py's tiny UNet
     pixels = np.random.default_rng(4).integers(0, 256, size=(5, 8, 8, 1), dtype=np.uint8)
     labels = np.array([0, 1, 2, 0, 1])
     score_fn = score_function(score, unet, SCHEDULER_CONFIG, OPTIONS[score])  # type: ignore[arg-type]
